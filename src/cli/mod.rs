@@ -1,0 +1,94 @@
+//! One file per subcommand; this one holds the shared flags and the exit codes.
+
+mod images;
+mod import;
+mod progress;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use strata::image::ImageError;
+use strata::store::{Store, StoreError};
+
+/// Exit codes of every command but run/start, as podman has them.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_USER: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_INTERNAL: i32 = 125;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Rootless containers on strata's own FUSE union filesystem"
+)]
+struct Cli {
+    /// The store directory [default: ${XDG_DATA_HOME:-~/.local/share}/strata]
+    #[arg(long, global = true, env = "STRATA_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Import(import::Args),
+    Images(images::Args),
+}
+
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+        }
+    };
+    let result = match cli.command {
+        Command::Import(args) => open_store(cli.root).and_then(|store| import::run(&store, args)),
+        Command::Images(args) => open_store(cli.root).and_then(|store| images::run(&store, args)),
+    };
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(err) => {
+            eprintln!("strata: error: {}", describe(&err));
+            exit_code(&err)
+        }
+    }
+}
+
+fn open_store(root: Option<PathBuf>) -> anyhow::Result<Store> {
+    let root = match root {
+        Some(r) => r,
+        None => Store::default_root()
+            .context("cannot find a store: set HOME, XDG_DATA_HOME, STRATA_ROOT or --root")?,
+    };
+    Ok(Store::open(&root)?)
+}
+
+/// Our own errors already carry their causes in their message; anyhow's context
+/// layers need the chain spelled out.
+fn describe(err: &anyhow::Error) -> String {
+    if err.downcast_ref::<StoreError>().is_some() || err.downcast_ref::<ImageError>().is_some() {
+        return err.to_string();
+    }
+    format!("{err:#}")
+}
+
+fn exit_code(err: &anyhow::Error) -> i32 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<StoreError>() {
+            return if e.is_user_error() {
+                EXIT_USER
+            } else {
+                EXIT_INTERNAL
+            };
+        }
+        if cause.downcast_ref::<ImageError>().is_some() {
+            return EXIT_USER;
+        }
+    }
+    EXIT_USER
+}

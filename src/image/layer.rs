@@ -1,0 +1,521 @@
+//! Reading one layer blob: decompress, walk the tar, and hand each entry on in a
+//! sanitised form, while the compressed and uncompressed digests are computed in the
+//! same pass and checked at the end against the descriptor and the config's diff_id.
+//!
+//! Sanitising means: names are made relative (a leading `/` is dropped, as tar does),
+//! `.` components vanish, and `..` or a NUL byte refuse the whole layer. Whiteout files
+//! (`.wh.NAME`, `.wh..wh..opq`) become whiteout and opaque entries, never files. The
+//! consumer still decides what the entry may do to the tree it builds (hardlink
+//! targets, entries under symlinks): only it knows what the layer has had so far.
+
+use std::io::{self, Read};
+
+use flate2::read::MultiGzDecoder;
+
+use super::digest::HashingReader;
+use super::spec::{Compression, Descriptor};
+use super::{Digest, ImageError};
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+/// aufs kept its own bookkeeping under `.wh..wh.`; it means nothing to a union.
+const AUFS_META_PREFIX: &[u8] = b".wh..wh.";
+
+/// The kind of a node. The numbers are stored in layer indexes: never renumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum EntryKind {
+    File = 1,
+    Dir = 2,
+    Symlink = 3,
+    CharDevice = 4,
+    BlockDevice = 5,
+    Fifo = 6,
+    /// A name deleted from the layers below.
+    Whiteout = 7,
+}
+
+impl EntryKind {
+    pub fn from_u8(v: u8) -> Option<EntryKind> {
+        use EntryKind::*;
+        [File, Dir, Symlink, CharDevice, BlockDevice, Fifo, Whiteout]
+            .into_iter()
+            .find(|k| *k as u8 == v)
+    }
+
+    /// The S_IFMT bits of this kind (a whiteout shows as the char 0/0 overlayfs uses).
+    pub fn file_type_bits(self) -> u32 {
+        match self {
+            EntryKind::File => libc::S_IFREG,
+            EntryKind::Dir => libc::S_IFDIR,
+            EntryKind::Symlink => libc::S_IFLNK,
+            EntryKind::CharDevice | EntryKind::Whiteout => libc::S_IFCHR,
+            EntryKind::BlockDevice => libc::S_IFBLK,
+            EntryKind::Fifo => libc::S_IFIFO,
+        }
+    }
+}
+
+/// What a tar entry asks of the layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryOp {
+    /// A new node of this kind at `path`.
+    Create(EntryKind),
+    /// Another name for the node at this (sanitised) path, which the layer must have had.
+    Hardlink(Vec<u8>),
+    /// `path` is deleted from the layers below.
+    Whiteout,
+    /// The directory at `path` hides everything the layers below have in it.
+    Opaque,
+}
+
+/// The metadata a tar header (and its PAX records) gives an entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// Permission bits, setuid/setgid/sticky included (0o7777 at most).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    pub rdev_major: u32,
+    pub rdev_minor: u32,
+}
+
+/// One sanitised tar entry.
+#[derive(Debug, Clone)]
+pub struct LayerEntry {
+    /// Relative path, components joined by `/`, no `.` or `..`; empty for the root.
+    pub path: Vec<u8>,
+    pub op: EntryOp,
+    pub meta: Metadata,
+    /// A symlink's target, byte for byte (never interpreted here).
+    pub symlink_target: Vec<u8>,
+    /// PAX `SCHILY.xattr.*` records, in the order the tar gave them.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Digests and sizes of a layer that was read to its end and verified.
+#[derive(Debug, Clone)]
+pub struct LayerSummary {
+    pub compressed_size: u64,
+    pub uncompressed_size: u64,
+    pub entries: u64,
+}
+
+/// Errors from reading a layer, or from the consumer's visit of an entry.
+#[derive(Debug)]
+pub enum ReadLayerError<E> {
+    Image(ImageError),
+    Visit(E),
+}
+
+impl<E> From<ImageError> for ReadLayerError<E> {
+    fn from(e: ImageError) -> Self {
+        ReadLayerError::Image(e)
+    }
+}
+
+/// Reads the layer blob `blob` described by `desc`, calls `visit` for every entry with
+/// a reader over its data, and verifies the blob's digest and size and the diff_id.
+/// On any error the consumer must discard what it built: nothing here is trusted
+/// until this returns Ok.
+pub fn read_layer<R: Read, E>(
+    blob: R,
+    desc: &Descriptor,
+    diff_id: &Digest,
+    compression: Compression,
+    mut visit: impl FnMut(&LayerEntry, &mut dyn Read) -> Result<(), E>,
+) -> Result<LayerSummary, ReadLayerError<E>> {
+    let layer = &desc.digest;
+    let corrupt = |source: io::Error| ImageError::CorruptLayer {
+        layer: layer.clone(),
+        source,
+    };
+    let mut compressed = HashingReader::new(blob);
+    let walked = {
+        let decoder: Box<dyn Read + '_> = match compression {
+            Compression::None => Box::new(&mut compressed),
+            Compression::Gzip => Box::new(MultiGzDecoder::new(&mut compressed)),
+            Compression::Zstd => {
+                return Err(ImageError::UnsupportedMediaType {
+                    what: format!("layer {layer}"),
+                    media_type: desc.media_type.clone(),
+                }
+                .into());
+            }
+        };
+        let mut uncompressed = HashingReader::new(decoder);
+        let walked = walk_tar(&mut uncompressed, layer, &mut visit);
+        match walked {
+            Ok(n) => uncompressed
+                .finish()
+                .map(|(d, size)| (n, d, size))
+                .map_err(|e| corrupt(e).into()),
+            Err(e) => Err(e),
+        }
+    };
+    // A changed byte usually breaks the gzip stream first; when the blob's digest is
+    // wrong, that is the error worth reporting, so read the rest and compare.
+    let (compressed_digest, compressed_size) = compressed.finish().map_err(|e| {
+        ReadLayerError::Image(ImageError::Read {
+            what: format!("layer {layer}"),
+            source: e,
+        })
+    })?;
+    if compressed_size != desc.size {
+        return Err(ImageError::SizeMismatch {
+            what: format!("layer {layer}"),
+            expected: desc.size,
+            actual: compressed_size,
+        }
+        .into());
+    }
+    if &compressed_digest != layer {
+        return Err(ImageError::DigestMismatch {
+            what: format!("layer {layer}"),
+            expected: layer.clone(),
+            actual: compressed_digest,
+        }
+        .into());
+    }
+    let (entries, actual_diff_id, uncompressed_size) = walked?;
+    if &actual_diff_id != diff_id {
+        return Err(ImageError::DiffIdMismatch {
+            layer: layer.clone(),
+            expected: diff_id.clone(),
+            actual: actual_diff_id,
+        }
+        .into());
+    }
+    Ok(LayerSummary {
+        compressed_size,
+        uncompressed_size,
+        entries,
+    })
+}
+
+fn walk_tar<R: Read, E>(
+    reader: R,
+    layer: &Digest,
+    visit: &mut impl FnMut(&LayerEntry, &mut dyn Read) -> Result<(), E>,
+) -> Result<u64, ReadLayerError<E>> {
+    let corrupt = |source: io::Error| ImageError::CorruptLayer {
+        layer: layer.clone(),
+        source,
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut count = 0;
+    for entry in archive.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
+        let Some(sanitised) = sanitise(&mut entry, layer)? else {
+            continue;
+        };
+        let mut counted = CountingReader {
+            inner: &mut entry,
+            count: 0,
+        };
+        visit(&sanitised, &mut counted).map_err(ReadLayerError::Visit)?;
+        // Whatever the visitor left unread still has to be consumed, and a tar whose
+        // data ends before its header's size is truncated, not short.
+        io::copy(&mut counted, &mut io::sink()).map_err(corrupt)?;
+        let has_data = matches!(sanitised.op, EntryOp::Create(EntryKind::File));
+        if has_data && counted.count != sanitised.meta.size {
+            return Err(corrupt(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "entry '{}' claims {} bytes but the tar ends after {}",
+                    String::from_utf8_lossy(&sanitised.path),
+                    sanitised.meta.size,
+                    counted.count
+                ),
+            ))
+            .into());
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+struct CountingReader<'a> {
+    inner: &'a mut dyn Read,
+    count: u64,
+}
+
+impl Read for CountingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Turns one tar entry into a `LayerEntry`, or None for entries that carry nothing
+/// (global PAX headers, aufs metadata).
+fn sanitise<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    layer: &Digest,
+) -> Result<Option<LayerEntry>, ImageError> {
+    let raw_path = entry.path_bytes().into_owned();
+    let hostile = |reason: &str| ImageError::HostileEntry {
+        layer: layer.clone(),
+        path: String::from_utf8_lossy(&raw_path).into_owned(),
+        reason: reason.to_string(),
+    };
+    let corrupt = |source: io::Error| ImageError::CorruptLayer {
+        layer: layer.clone(),
+        source,
+    };
+    let header = entry.header();
+    let entry_type = header.entry_type();
+    if entry_type.is_pax_global_extensions() {
+        return Ok(None);
+    }
+    let path = normalise(&raw_path).map_err(&hostile)?;
+    let kind = match entry_type {
+        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            EntryKind::File
+        }
+        tar::EntryType::Directory => EntryKind::Dir,
+        tar::EntryType::Symlink => EntryKind::Symlink,
+        tar::EntryType::Link => EntryKind::File, // replaced by EntryOp::Hardlink below
+        tar::EntryType::Char => EntryKind::CharDevice,
+        tar::EntryType::Block => EntryKind::BlockDevice,
+        tar::EntryType::Fifo => EntryKind::Fifo,
+        other => {
+            return Err(hostile(&format!(
+                "unsupported tar entry type {:?}",
+                other.as_byte() as char
+            )));
+        }
+    };
+    let mut meta = Metadata {
+        mode: header.mode().map_err(corrupt)? & 0o7777,
+        uid: to_u32(header.uid().map_err(corrupt)?)
+            .ok_or_else(|| hostile("uid does not fit 32 bits"))?,
+        gid: to_u32(header.gid().map_err(corrupt)?)
+            .ok_or_else(|| hostile("gid does not fit 32 bits"))?,
+        size: entry.size(),
+        mtime_sec: header.mtime().map_err(corrupt)? as i64,
+        mtime_nsec: 0,
+        rdev_major: 0,
+        rdev_minor: 0,
+    };
+    if matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
+        meta.rdev_major = header.device_major().map_err(corrupt)?.unwrap_or(0);
+        meta.rdev_minor = header.device_minor().map_err(corrupt)?.unwrap_or(0);
+    }
+    let link = entry
+        .link_name_bytes()
+        .map(|l| l.into_owned())
+        .unwrap_or_default();
+    if link.contains(&0) {
+        return Err(hostile("its link target contains a NUL byte"));
+    }
+    let mut xattrs = Vec::new();
+    if let Some(pax) = entry.pax_extensions().map_err(corrupt)? {
+        for ext in pax {
+            let ext = ext.map_err(corrupt)?;
+            apply_pax(ext.key_bytes(), ext.value_bytes(), &mut meta, &mut xattrs)
+                .map_err(&hostile)?;
+        }
+    }
+    let (path, op) = classify(path, kind, entry_type, &link).map_err(&hostile)?;
+    let Some(op) = op else { return Ok(None) };
+    let symlink_target = if kind == EntryKind::Symlink {
+        link
+    } else {
+        Vec::new()
+    };
+    if !matches!(op, EntryOp::Create(EntryKind::File)) {
+        meta.size = if kind == EntryKind::Symlink {
+            symlink_target.len() as u64
+        } else {
+            0
+        };
+    }
+    Ok(Some(LayerEntry {
+        path,
+        op,
+        meta,
+        symlink_target,
+        xattrs,
+    }))
+}
+
+/// Recognises whiteouts and hardlinks. Returns None for names to skip.
+fn classify(
+    path: Vec<u8>,
+    kind: EntryKind,
+    entry_type: tar::EntryType,
+    link: &[u8],
+) -> Result<(Vec<u8>, Option<EntryOp>), &'static str> {
+    let (parent, base) = split_last(&path);
+    if base == OPAQUE_MARKER {
+        return Ok((parent.to_vec(), Some(EntryOp::Opaque)));
+    }
+    if base.starts_with(AUFS_META_PREFIX) {
+        return Ok((path, None));
+    }
+    if let Some(name) = base.strip_prefix(WHITEOUT_PREFIX) {
+        if name.is_empty() || name == b"." || name == b".." {
+            return Err("a whiteout must name an entry");
+        }
+        let mut target = parent.to_vec();
+        if !target.is_empty() {
+            target.push(b'/');
+        }
+        target.extend_from_slice(name);
+        return Ok((target, Some(EntryOp::Whiteout)));
+    }
+    if path.is_empty() && kind != EntryKind::Dir {
+        return Err("the layer's root must be a directory");
+    }
+    if entry_type == tar::EntryType::Link {
+        let target = normalise(link)?;
+        if target.is_empty() {
+            return Err("a hardlink to the layer's root");
+        }
+        return Ok((path, Some(EntryOp::Hardlink(target))));
+    }
+    Ok((path, Some(EntryOp::Create(kind))))
+}
+
+/// Applies one PAX record that matters to us: times, big ids, xattrs.
+fn apply_pax(
+    key: &[u8],
+    value: &[u8],
+    meta: &mut Metadata,
+    xattrs: &mut Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<(), &'static str> {
+    const XATTR: &[u8] = b"SCHILY.xattr.";
+    if let Some(name) = key.strip_prefix(XATTR) {
+        if name.is_empty() || name.contains(&0) {
+            return Err("an xattr name is empty or contains NUL");
+        }
+        xattrs.retain(|(n, _)| n != name);
+        xattrs.push((name.to_vec(), value.to_vec()));
+        return Ok(());
+    }
+    let text = || std::str::from_utf8(value).map_err(|_| "a PAX record is not UTF-8");
+    match key {
+        b"uid" => {
+            meta.uid = text()?
+                .parse()
+                .map_err(|_| "PAX uid is not a 32-bit number")?
+        }
+        b"gid" => {
+            meta.gid = text()?
+                .parse()
+                .map_err(|_| "PAX gid is not a 32-bit number")?
+        }
+        b"mtime" => {
+            (meta.mtime_sec, meta.mtime_nsec) =
+                parse_pax_time(text()?).ok_or("PAX mtime is not a time")?
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// PAX times are decimal seconds with an optional fraction: "1700000000.123456789".
+fn parse_pax_time(s: &str) -> Option<(i64, u32)> {
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i64 = secs.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+    let nsec: u32 = digits.parse().ok()?;
+    // "-1.5" means 1.5 s before the epoch: whole seconds down, fraction up.
+    if secs < 0 || s.starts_with('-') {
+        if nsec == 0 {
+            return Some((secs, 0));
+        }
+        return Some((secs - 1, 1_000_000_000 - nsec));
+    }
+    Some((secs, nsec))
+}
+
+fn to_u32(v: u64) -> Option<u32> {
+    u32::try_from(v).ok()
+}
+
+/// Makes a tar name relative and canonical, or says why it is refused.
+pub fn normalise(raw: &[u8]) -> Result<Vec<u8>, &'static str> {
+    if raw.contains(&0) {
+        return Err("its name contains a NUL byte");
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for component in raw.split(|&b| b == b'/') {
+        match component {
+            b"" | b"." => continue,
+            b".." => return Err("its name has a '..' component, which would escape the layer"),
+            c => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Splits "a/b/c" into ("a/b", "c"), and "c" into ("", "c").
+pub fn split_last(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_names() {
+        assert_eq!(normalise(b"./usr//bin/").unwrap(), b"usr/bin");
+        assert_eq!(normalise(b"/etc/passwd").unwrap(), b"etc/passwd");
+        assert_eq!(normalise(b"./").unwrap(), b"");
+        assert!(normalise(b"a/../../etc").is_err());
+        assert!(normalise(b"a\0b").is_err());
+    }
+
+    #[test]
+    fn classifies_whiteouts() {
+        let f = EntryKind::File;
+        let t = tar::EntryType::Regular;
+        assert_eq!(
+            classify(b"a/.wh.b".to_vec(), f, t, b"").unwrap(),
+            (b"a/b".to_vec(), Some(EntryOp::Whiteout))
+        );
+        assert_eq!(
+            classify(b"a/.wh..wh..opq".to_vec(), f, t, b"").unwrap(),
+            (b"a".to_vec(), Some(EntryOp::Opaque))
+        );
+        assert_eq!(
+            classify(b".wh..wh..opq".to_vec(), f, t, b"").unwrap(),
+            (b"".to_vec(), Some(EntryOp::Opaque))
+        );
+        assert_eq!(
+            classify(b"a/.wh..wh.plnk".to_vec(), f, t, b"").unwrap().1,
+            None
+        );
+        assert!(classify(b"a/.wh.".to_vec(), f, t, b"").is_err());
+        assert!(classify(b"l".to_vec(), f, tar::EntryType::Link, b"../x").is_err());
+    }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(
+            parse_pax_time("1700000000.5"),
+            Some((1700000000, 500_000_000))
+        );
+        assert_eq!(parse_pax_time("12"), Some((12, 0)));
+        assert_eq!(parse_pax_time("-1.25"), Some((-2, 750_000_000)));
+        assert_eq!(parse_pax_time("x"), None);
+    }
+}
