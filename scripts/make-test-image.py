@@ -25,8 +25,9 @@ Running as an unprivileged user (the intended way) needs, for mmdebstrap's
 unshare mode only:
   - a line for your user NAME (not the numeric uid) in both /etc/subuid and
     /etc/subgid with at least 65536 ids, e.g. "builder:100000:65536"; useradd and
-    adduser write one by default; as root:  usermod --add-subuids 100000-165535
-    --add-subgids 100000-165535 NAME
+    adduser write one by default; otherwise, as root, with a range that no
+    other line covers: usermod --add-subuids 200000-265535
+    --add-subgids 200000-265535 NAME
   - newuidmap/newgidmap (package uidmap) and unprivileged user namespaces
     (kernel.unprivileged_userns_clone=1 where that sysctl exists).
 --small and --rootfs-tar need none of that.
@@ -60,12 +61,14 @@ Examples:
 
 import argparse
 import collections
+import concurrent.futures
 import copy
 import fcntl
 import fnmatch
 import glob
 import io
 import os
+import pwd
 import random
 import shutil
 import stat
@@ -118,10 +121,11 @@ PROTECTED_NAMES = {
     "chmod", "readlink", "date", "printf", "kill", "whoami", "ps", "mount",
     "hostname", "wc", "sort", "dpkg", "apt", "apt-get", "busybox",
     "passwd", "group", "shadow", "gshadow", "nsswitch.conf", "ld.so.cache",
-    "ld.so.conf", "hosts", "hostname", "resolv.conf", "os-release", "login.defs",
+    "ld.so.conf", "hosts", "resolv.conf", "os-release", "login.defs",
 }
-# Directories whose loss breaks common commands (alternatives holds the awk and
-# pager links, ld.so.conf.d the library path): never opaque or delete them.
+# Directories whose contents common commands need (alternatives holds the awk
+# and pager links, ld.so.conf.d the library path, pam.d su's config): the steps
+# neither edit nor delete anything in them, nor make them opaque.
 PROTECTED_DIRS = {"etc/alternatives", "etc/ld.so.conf.d", "etc/ssl", "etc/dpkg",
                   "etc/apt", "etc/python3.11", "etc/security", "etc/pam.d"}
 # Python packages imported while the interpreter starts: deleting them breaks
@@ -129,8 +133,8 @@ PROTECTED_DIRS = {"etc/alternatives", "etc/ld.so.conf.d", "etc/ssl", "etc/dpkg",
 PY_CORE = {"encodings", "importlib", "collections", "re", "lib-dynload",
            "__pycache__", "json", "sysconfig"}
 
-# Deletions of whole files are only useful for tests if they hide something the
-# lower layers have; limit edits to files we can hold in memory comfortably.
+# An edit reads the whole old file into memory; the biggest files (libraries of
+# tens of MB) are not what a build step would patch anyway.
 MAX_EDIT_SIZE = 4 << 20
 
 
@@ -202,7 +206,6 @@ class LayerWriter:
         self.emitted = set()
         self.entries = 0
         self.content_bytes = 0
-        self.keys = []
 
     def add(self, ti, fileobj=None):
         key = norm(ti.name)
@@ -230,7 +233,6 @@ class LayerWriter:
             ti.sparse = None
         self.tar.addfile(ti, fileobj)
         self.entries += 1
-        self.keys.append(key)
         if ti.isreg():
             self.content_bytes += ti.size
 
@@ -245,7 +247,6 @@ def check_subids():
     """Explain, before a 30 s download, why mmdebstrap's unshare mode would fail."""
     if os.geteuid() == 0:
         return  # root needs no id mapping in unshare mode
-    import pwd
     user = pwd.getpwuid(os.getuid()).pw_name
     for f in ("/etc/subuid", "/etc/subgid"):
         count = 0
@@ -261,8 +262,9 @@ def check_subids():
         if count < 65536:
             sys.exit(f"error: mmdebstrap --mode=unshare needs a line '{user}:START:"
                      f"65536' in {f} (found {count} ids for {user}).\n"
-                     f"As root: usermod --add-subuids 100000-165535 "
-                     f"--add-subgids 100000-165535 {user}\n"
+                     "As root, with a range no other line of the file covers:\n"
+                     f"  usermod --add-subuids 200000-265535 "
+                     f"--add-subgids 200000-265535 {user}\n"
                      "Or use --small, or --rootfs-tar with a tarball you have.")
     if not shutil.which("newuidmap") or not shutil.which("newgidmap"):
         sys.exit("error: newuidmap/newgidmap not found: apt-get install uidmap")
@@ -295,7 +297,8 @@ def run_mmdebstrap(outdir, mirror):
         text = "\n".join(tail)
         hint = ""
         if any(s in text for s in ("Failed to fetch", "Could not resolve",
-                                   "Temporary failure", "Unable to connect",
+                                   "Could not connect", "Temporary failure",
+                                   "Unable to connect",
                                    "Network is unreachable", "Connection failed",
                                    "Cannot initiate the connection",
                                    "apt-get update failed")):
@@ -439,7 +442,8 @@ class SmallRootfs:
 
         # var: dpkg database and the usual spool/log dirs.
         for i in range(110):
-            self.file(f"var/lib/dpkg/info/pkg-{i:03d}.list", self.text(rng.randrange(100, 4000)))
+            self.file(f"var/lib/dpkg/info/pkg-{i:03d}.list",
+                      self.text(rng.randrange(100, 4000)))
         self.dir("var/mail", 0o2775, gid=8, gname="mail")
         self.dir("var/tmp", 0o1777)
         self.file("var/log/lastlog", b"", 0o664)
@@ -517,7 +521,8 @@ class SmallRootfs:
             for i in range(30):
                 self.file(f"usr/share/zoneinfo/{area}/City{i:02d}", self.binary(2200))
         for i in range(60):
-            self.file(f"usr/share/perl/5.36/Lib{i:02d}.pm", self.text(rng.randrange(500, 9000)))
+            self.file(f"usr/share/perl/5.36/Lib{i:02d}.pm",
+                      self.text(rng.randrange(500, 9000)))
 
     def write(self, path):
         with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -656,6 +661,8 @@ class StepBuilder:
         name = key.rsplit("/", 1)[-1]
         if name in PROTECTED_NAMES or key in self.view.hardlinked:
             return True
+        if any(key.startswith(d + "/") for d in PROTECTED_DIRS):
+            return True
         if key.startswith(self.pydir + "/"):
             rest = key[len(self.pydir) + 1:]
             if "/" not in rest or rest.split("/")[0] in PY_CORE:
@@ -681,7 +688,8 @@ class StepBuilder:
             if self.view.dir_header(k) and not self._protected(k + "/x") \
                     and k not in PROTECTED_DIRS \
                     and self._free(k, claimed) \
-                    and not any(d in self.view.hardlinked for d in self.view.descendants(k)):
+                    and not any(d in self.view.hardlinked
+                                for d in self.view.descendants(k)):
                 n = len(self.view.children(k))
                 if n >= min_children:
                     out.append(k)
@@ -884,7 +892,7 @@ def extract_overlay(tar_path, dest):
             for a in ancestors(key):
                 if a not in made_dirs:
                     p = os.path.join(dest, a)
-                    if os.path.lexists(p) and not (os.path.isdir(p) and not os.path.islink(p)):
+                    if os.path.islink(p) or (os.path.lexists(p) and not os.path.isdir(p)):
                         sys.exit(f"error: {m.name}: {a} is not a directory")
                     if not os.path.lexists(p):
                         os.mkdir(p, 0o700)
@@ -898,6 +906,8 @@ def extract_overlay(tar_path, dest):
             if base.startswith(".wh."):
                 wpath = os.path.join(dest, parent, base[4:])
                 os.mknod(wpath, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+                # The marker's mtime, not the clock: rebuilt trees stay identical.
+                os.utime(wpath, (m.mtime, m.mtime))
                 continue
             if key and os.path.lexists(path) and not (m.isdir() and os.path.isdir(path)):
                 ocilayout.rmtree_force(path)   # a later entry for a path wins
@@ -1036,12 +1046,14 @@ def main():
                            "/sbin:/bin", "LANG=C.UTF-8"],
                       workdir="/")
         oci5, oci20 = os.path.join(work, "oci-5"), os.path.join(work, "oci-20")
-        layers = []
-        for i, w in enumerate(writers):
-            target = oci5 if i < N_BASE else oci20
-            log(f"compressing layer {i} ({human(os.path.getsize(w.path))})")
-            layers.append(ocilayout.add_layer(target, w.path, args.compress_level,
-                                              comment=w.description))
+        # zlib and sha256 release the GIL on large buffers, so threads really
+        # compress layers in parallel; gzip is most of the build time otherwise.
+        log(f"compressing {len(writers)} layers")
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            futures = [pool.submit(ocilayout.add_layer, oci5 if i < N_BASE else oci20,
+                                   w.path, args.compress_level, w.description)
+                       for i, w in enumerate(writers)]
+            layers = [f.result() for f in futures]
         m5 = ocilayout.write_image(oci5, layers[:N_BASE], ref="latest", **config)
         for layer in layers[:N_BASE]:
             ocilayout.link_blob(oci5, oci20, layer.digest)
@@ -1061,14 +1073,28 @@ def main():
         manifest = write_manifest(os.path.join(work, "manifest.txt"), source, members,
                                   writers, layers, m5, m20, steps.ops, skipped)
 
-        for name in ("oci-5", "oci-20", "overlay-5", "overlay-20", "manifest.txt"):
-            ocilayout.publish(os.path.join(work, name), os.path.join(outdir, name))
+        # Swap all outputs first, delete the old ones after: the window in which
+        # oci-5 is new but overlay-20 still old stays a few renames short.
+        t = time.monotonic()
+        olds = [ocilayout.publish(os.path.join(work, name), os.path.join(outdir, name),
+                                  defer_cleanup=True)
+                for name in ("oci-5", "oci-20", "overlay-5", "overlay-20",
+                             "manifest.txt")]
+        for old in olds:
+            if old:
+                ocilayout.rmtree_force(old)
+        timings["publish"] = time.monotonic() - t
     finally:
+        t = time.monotonic()
         ocilayout.rmtree_force(work)
+        timings["cleanup"] = time.monotonic() - t
 
     devs = sum(s["device"] for (v, _), s in skipped.items() if v == "overlay-5")
     xat = sum(s["xattr"] for (v, _), s in skipped.items() if v == "overlay-5")
-    print(manifest, end="")
+    # The op lines are for tests; people want the layer table.
+    print("\n".join(line for line in manifest.splitlines()
+                    if line.startswith(("source", "manifest", "#   "))))
+    print(f"written: {outdir}/{{oci-5,oci-20,overlay-5,overlay-20,manifest.txt}}")
     print(f"overlay: skipped {devs} device node(s) and {xat} non-user xattr(s) "
           "per variant (cannot be created unprivileged)")
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())

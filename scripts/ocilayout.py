@@ -242,10 +242,10 @@ def make_config(layers, architecture=None, entrypoint=None, cmd=None, env=None,
         "os": "linux",
         "created": created,
         "config": cfg,
-        "rootfs": {"type": "layers", "diff_ids": [l.diff_id for l in layers]},
+        "rootfs": {"type": "layers", "diff_ids": [x.diff_id for x in layers]},
         "history": [{"created": created,
-                     "created_by": l.comment or "strata scripts/ocilayout.py"}
-                    for l in layers],
+                     "created_by": x.comment or "strata scripts/ocilayout.py"}
+                    for x in layers],
     }
     return config
 
@@ -265,8 +265,8 @@ def write_image(layout, layers, ref="latest", annotations=None, **config_kwargs)
         "mediaType": MT_MANIFEST,
         "config": {"mediaType": MT_CONFIG, "digest": config_digest,
                    "size": config_size},
-        "layers": [{"mediaType": MT_LAYER_GZIP, "digest": l.digest, "size": l.size}
-                   for l in layers],
+        "layers": [{"mediaType": MT_LAYER_GZIP, "digest": x.digest, "size": x.size}
+                   for x in layers],
     }
     if annotations:
         manifest["annotations"] = dict(annotations)
@@ -328,13 +328,17 @@ def rmtree_force(path):
     shutil.rmtree(path)
 
 
-def publish(tmp_path, final_path):
+def publish(tmp_path, final_path, defer_cleanup=False):
     """Replace final_path by tmp_path (a file or directory on the same filesystem).
 
     rename(2) cannot atomically replace a non-empty directory, so the old one is
-    first renamed aside, then the new one renamed in, then the old one deleted:
-    a reader sees either the complete old or the complete new output, except for
-    the instant between the two renames where the path does not exist at all.
+    first renamed aside, then the new one renamed in: a reader sees either the
+    complete old or the complete new output, except for the instant between the
+    two renames where the path does not exist at all.
+
+    The old output is deleted here, or, with defer_cleanup, returned for the
+    caller to delete once all its outputs are swapped: deleting a few hundred MB
+    takes seconds, and outputs that belong together should change together.
     """
     old = None
     if os.path.lexists(final_path):
@@ -342,8 +346,10 @@ def publish(tmp_path, final_path):
                                prefix=".tmp-old-")
         os.rename(final_path, os.path.join(old, "x"))
     os.rename(tmp_path, final_path)
-    if old:
+    if old and not defer_cleanup:
         rmtree_force(old)
+        old = None
+    return old
 
 
 if __name__ == "__main__":

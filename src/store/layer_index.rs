@@ -83,7 +83,10 @@ pub struct IndexEntry {
 /// contiguously ("a", "a/b", "a-c": '/' sorts before every byte a name may hold).
 pub fn path_cmp(a: &[u8], b: &[u8]) -> Ordering {
     let key = |c: u8| if c == b'/' { 0 } else { c };
-    a.iter().map(|&c| key(c)).cmp(b.iter().map(|&c| key(c)))
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        Some(i) => key(a[i]).cmp(&key(b[i])),
+        None => a.len().cmp(&b.len()),
+    }
 }
 
 /// Encodes entries (in any order) into the index format.

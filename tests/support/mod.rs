@@ -1,0 +1,16 @@
+//! Shared support for strata's integration tests.
+//!
+//! - `harness`: runs strata (and other tools) as the unprivileged test user when the
+//!   tests run as root, each test in its own work directory.
+//! - `builder`: writes tar layers (hostile ones too) and OCI image layouts.
+//! - `snapshot`: a store's visible state, to assert that a failed command changed nothing.
+
+#![allow(dead_code)]
+
+pub mod builder;
+pub mod harness;
+pub mod snapshot;
+
+pub use builder::*;
+pub use harness::*;
+pub use snapshot::*;
