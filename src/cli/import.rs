@@ -43,7 +43,7 @@ pub fn run(store: &Store, args: Args) -> anyhow::Result<()> {
             outcome.names.join(", ")
         };
         eprintln!(
-            "imported {label}: {} layers unpacked, {} already in the store",
+            "imported {label}: layers unpacked {}, already in the store {}",
             outcome.layers_unpacked, outcome.layers_reused
         );
     }
