@@ -17,9 +17,11 @@ Benchmarks and tests reuse these outputs, so they are built once and cached:
 The rootfs, unless --rootfs-tar or --small is given, comes from
   mmdebstrap --mode=unshare --variant=minbase --include=python3 bookworm rootfs.tar
 (about 10,000 entries, 200 MB, 20-40 s, needs a Debian mirror). OUTDIR/rootfs.tar is
-reused when present: delete it to fetch a fresh one. The package versions then
-decide the digests; everything after that is deterministic (fixed random seed,
-gzip mtime 0, sorted JSON).
+reused when present: delete it to fetch a fresh one. Everything after the rootfs
+is deterministic (fixed random seed, gzip mtime 0, sorted JSON): the same
+rootfs.tar gives the same digests. A fresh rootfs differs in package versions and
+in the mtimes of files made at install time, unless SOURCE_DATE_EPOCH is set
+(mmdebstrap honours it, and so do the "created" fields here).
 
 Running as an unprivileged user (the intended way) needs, for mmdebstrap's
 unshare mode only:
