@@ -722,18 +722,21 @@ class StepBuilder:
             self.ops.append((step, kind, key, detail))
             summary[kind] += 1
 
-        # Special operations at fixed steps, so that every variant of the image
-        # (--small or Debian) has them at the same depth.
-        if step == 8:      # delete a whole directory of the python stdlib
-            cands = [d for d in self._dirs(self.pydir, claimed, 3)
-                     if d.count("/") == self.pydir.count("/") + 1]
-            d = rng.choice(cands)
+        def delete_dir(d):
+            """Whites out directory d, and records how much it hid."""
             n = len(view.descendants(d))
             entries.append((self._marker(parent_of(d) + "/.wh." + d.rsplit("/", 1)[1],
                                          step), None))
             view.remove(d)
             claimed.append(d)
             record("delete-dir", d, f"hides={n}")
+
+        # Special operations at fixed steps, so that every variant of the image
+        # (--small or Debian) has them at the same depth.
+        if step == 8:      # delete a whole directory of the python stdlib
+            cands = [d for d in self._dirs(self.pydir, claimed, 3)
+                     if d.count("/") == self.pydir.count("/") + 1]
+            delete_dir(rng.choice(cands))
         if step in (11, 14):   # opaque directory: docs in one, config in the other
             top = "usr/share/doc" if step == 11 else "etc"
             d = rng.choice(self._dirs(top, claimed, 3))
@@ -754,13 +757,7 @@ class StepBuilder:
             record("opaque", d, "hides=" + ",".join(h[len(d) + 1:] for h in hidden[:5])
                    + (",..." if len(hidden) > 5 else "") + f" count={len(hidden)}")
         if step == 16:     # delete a whole documentation directory
-            d = rng.choice(self._dirs("usr/share/doc", claimed, 2))
-            n = len(view.descendants(d))
-            entries.append((self._marker(parent_of(d) + "/.wh." + d.rsplit("/", 1)[1],
-                                         step), None))
-            view.remove(d)
-            claimed.append(d)
-            record("delete-dir", d, f"hides={n}")
+            delete_dir(rng.choice(self._dirs("usr/share/doc", claimed, 2)))
         if step == 17 and self.deleted:   # a file deleted below comes back
             k = self.deleted[0]
             if self._free(k, claimed) and view.dir_header(parent_of(k)):
