@@ -251,3 +251,178 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Resul
         source: e,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::image::spec::ANNOTATION_REF_NAME;
+
+    /// An in-memory source: an index and blobs by digest.
+    struct Memory {
+        index: Index,
+        blobs: HashMap<Digest, Vec<u8>>,
+    }
+
+    impl Memory {
+        fn new() -> Memory {
+            let index = Index {
+                schema_version: 2,
+                media_type: None,
+                manifests: vec![],
+                annotations: Default::default(),
+            };
+            Memory {
+                index,
+                blobs: HashMap::new(),
+            }
+        }
+
+        fn add(&mut self, media_type: &str, bytes: Vec<u8>) -> Descriptor {
+            let digest = Digest::of(&bytes);
+            let desc = Descriptor {
+                media_type: media_type.into(),
+                digest: digest.clone(),
+                size: bytes.len() as u64,
+                annotations: Default::default(),
+                platform: None,
+            };
+            self.blobs.insert(digest, bytes);
+            desc
+        }
+
+        /// A one-layer image for `arch`; returns its manifest descriptor.
+        fn image(&mut self, arch: &str) -> Descriptor {
+            let layer = self.add(media_type::OCI_LAYER_TAR, vec![0; 1024]);
+            let config = serde_json::json!({"architecture": arch, "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": [Digest::of(&[0; 1024]).to_string()]}});
+            let config = self.add(media_type::OCI_CONFIG, serde_json::to_vec(&config).unwrap());
+            let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": media_type::OCI_MANIFEST,
+                "config": config, "layers": [layer]});
+            let mut desc = self.add(
+                media_type::OCI_MANIFEST,
+                serde_json::to_vec(&manifest).unwrap(),
+            );
+            desc.platform = Some(Platform {
+                architecture: arch.into(),
+                os: "linux".into(),
+                variant: None,
+            });
+            desc
+        }
+    }
+
+    impl ImageSource for Memory {
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+        fn index(&self) -> Result<Index, ImageError> {
+            Ok(self.index.clone())
+        }
+        fn open_blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send + '_>, ImageError> {
+            match self.blobs.get(digest) {
+                Some(b) => Ok(Box::new(&b[..])),
+                None => Err(ImageError::MissingBlob {
+                    what: digest.to_string(),
+                    source_name: "memory".into(),
+                }),
+            }
+        }
+    }
+
+    fn host(arch: &str) -> Platform {
+        Platform {
+            architecture: arch.into(),
+            os: "linux".into(),
+            variant: None,
+        }
+    }
+
+    fn arch_of(image: &ResolvedImage) -> &str {
+        &image.config.architecture
+    }
+
+    #[test]
+    fn picks_by_ref_then_platform() {
+        let mut src = Memory::new();
+        let mut a = src.image("amd64");
+        a.annotations
+            .insert(ANNOTATION_REF_NAME.into(), "one".into());
+        let mut b = src.image("arm64");
+        b.annotations
+            .insert(ANNOTATION_REF_NAME.into(), "two".into());
+        src.index.manifests = vec![a, b];
+        assert_eq!(
+            arch_of(&resolve(&src, Some("two"), &host("amd64")).unwrap()),
+            "arm64"
+        );
+        assert_eq!(
+            arch_of(&resolve(&src, None, &host("arm64")).unwrap()),
+            "arm64"
+        );
+        let err = resolve(&src, Some("three"), &host("amd64"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no image named 'three'") && err.contains("one, two"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn descends_into_a_multi_platform_index() {
+        let mut src = Memory::new();
+        let a = src.image("amd64");
+        let b = src.image("arm64");
+        let nested = serde_json::json!({"schemaVersion": 2, "mediaType": media_type::OCI_INDEX, "manifests": [a, b]});
+        let mut top = src.add(media_type::OCI_INDEX, serde_json::to_vec(&nested).unwrap());
+        top.annotations
+            .insert(ANNOTATION_REF_NAME.into(), "latest".into());
+        src.index.manifests = vec![top];
+        assert_eq!(
+            arch_of(&resolve(&src, Some("latest"), &host("arm64")).unwrap()),
+            "arm64"
+        );
+        assert_eq!(
+            arch_of(&resolve(&src, None, &host("amd64")).unwrap()),
+            "amd64"
+        );
+        let err = resolve(&src, None, &host("s390x")).unwrap_err().to_string();
+        assert!(
+            err.contains("no image for this host's platform linux/s390x"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_to_guess_between_images() {
+        let mut src = Memory::new();
+        let mut a = src.image("amd64");
+        let mut b = src.image("amd64");
+        a.platform = None;
+        b.platform = None;
+        src.index.manifests = vec![a, b];
+        let err = resolve(&src, None, &host("amd64")).unwrap_err().to_string();
+        assert!(err.contains("holds 2 images"), "{err}");
+    }
+
+    #[test]
+    fn verifies_documents() {
+        let mut src = Memory::new();
+        let mut a = src.image("amd64");
+        a.size += 1;
+        src.index.manifests = vec![a];
+        assert!(matches!(
+            resolve(&src, None, &host("amd64")),
+            Err(ImageError::SizeMismatch { .. })
+        ));
+        let d = src.index.manifests[0].digest.clone();
+        src.index.manifests[0].size -= 1;
+        src.blobs.get_mut(&d).unwrap()[0] ^= 1;
+        assert!(matches!(
+            resolve(&src, None, &host("amd64")),
+            Err(ImageError::DigestMismatch { .. })
+        ));
+    }
+}
