@@ -20,11 +20,24 @@ fn synthetic(n: usize) -> Vec<IndexEntry> {
             };
             IndexEntry {
                 path: path.into_bytes(),
-                kind: if is_dir { EntryKind::Dir } else { EntryKind::File },
+                kind: if is_dir {
+                    EntryKind::Dir
+                } else {
+                    EntryKind::File
+                },
                 flags: 0,
-                meta: Metadata { mode: 0o644, size: i as u64, mtime_sec: 1_700_000_000, ..Metadata::default() },
+                meta: Metadata {
+                    mode: 0o644,
+                    size: i as u64,
+                    mtime_sec: 1_700_000_000,
+                    ..Metadata::default()
+                },
                 symlink_target: Vec::new(),
-                xattrs: if i % 100 == 0 { vec![(b"user.x".to_vec(), b"y".to_vec())] } else { Vec::new() },
+                xattrs: if i % 100 == 0 {
+                    vec![(b"user.x".to_vec(), b"y".to_vec())]
+                } else {
+                    Vec::new()
+                },
                 hardlink_group: 0,
             }
         })
@@ -40,14 +53,22 @@ fn bench_index(c: &mut Criterion) {
         let path = dir.path().join(format!("index-{n}"));
         std::fs::write(&path, &bytes).expect("write");
         group.throughput(Throughput::Elements(n as u64));
-        group.bench_with_input(BenchmarkId::new("encode", n), &entries, |b, e| b.iter(|| encode(black_box(e))));
-        group.bench_with_input(BenchmarkId::new("open", n), &path, |b, p| b.iter(|| LayerIndex::open(black_box(p))));
+        group.bench_with_input(BenchmarkId::new("encode", n), &entries, |b, e| {
+            b.iter(|| encode(black_box(e)))
+        });
+        group.bench_with_input(BenchmarkId::new("open", n), &path, |b, p| {
+            b.iter(|| LayerIndex::open(black_box(p)))
+        });
         let index = LayerIndex::open(&path).expect("open");
         let hit = entries[n / 2].path.clone();
         let miss = b"usr/lib/python3.11/pkg00042/absent.py".to_vec();
         group.throughput(Throughput::Elements(1));
-        group.bench_with_input(BenchmarkId::new("get_hit", n), &hit, |b, p| b.iter(|| index.get(black_box(p)).is_some()));
-        group.bench_with_input(BenchmarkId::new("get_miss", n), &miss, |b, p| b.iter(|| index.get(black_box(p)).is_some()));
+        group.bench_with_input(BenchmarkId::new("get_hit", n), &hit, |b, p| {
+            b.iter(|| index.get(black_box(p)).is_some())
+        });
+        group.bench_with_input(BenchmarkId::new("get_miss", n), &miss, |b, p| {
+            b.iter(|| index.get(black_box(p)).is_some())
+        });
     }
     group.finish();
 }

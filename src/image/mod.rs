@@ -88,14 +88,14 @@ pub enum ImageError {
         layers: usize,
     },
 
-    #[error("layer {layer}: entry '{path}' refused: {reason}")]
+    #[error("layer {layer}: entry '{path}' refused: {reason}; the layer is unsafe to unpack, so nothing was imported")]
     HostileEntry {
         layer: Digest,
         path: String,
         reason: String,
     },
 
-    #[error("layer {layer} is corrupt or truncated: {source}")]
+    #[error("layer {layer} is corrupt or truncated ({source}); export or download the image again")]
     CorruptLayer {
         layer: Digest,
         #[source]

@@ -85,7 +85,10 @@ fn ensure_test_user() -> User {
         }
     };
     // The user may exist without its home (created by hand): make one it owns.
-    if fs::metadata(&user.home).map(|m| m.uid() != user.uid).unwrap_or(true) {
+    if fs::metadata(&user.home)
+        .map(|m| m.uid() != user.uid)
+        .unwrap_or(true)
+    {
         let _ = fs::create_dir_all(&user.home);
         chown(&user.home, user.uid, user.gid);
         let _ = fs::set_permissions(&user.home, fs::Permissions::from_mode(0o755));
@@ -105,7 +108,10 @@ pub fn give_to_user(path: &Path) {
     }
     let u = user();
     chown(path, u.uid, u.gid);
-    if fs::symlink_metadata(path).map(|m| m.is_dir()).unwrap_or(false) {
+    if fs::symlink_metadata(path)
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
         for entry in fs::read_dir(path).unwrap() {
             give_to_user(&entry.unwrap().path());
         }
@@ -153,7 +159,12 @@ pub fn user_command(program: impl AsRef<OsStr>) -> Command {
         let mut c = Command::new("setpriv");
         c.arg(format!("--reuid={}", u.uid))
             .arg(format!("--regid={}", u.gid))
-            .args(["--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"])
+            .args([
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--",
+            ])
             .arg(program);
         c
     } else {

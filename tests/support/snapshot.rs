@@ -93,5 +93,9 @@ pub fn tmp_leftovers(root: &Path) -> Vec<String> {
 #[track_caller]
 pub fn assert_tmp_empty(root: &Path) {
     let left = tmp_leftovers(root);
-    assert!(left.is_empty(), "{}/tmp holds leftovers: {left:?}", root.display());
+    assert!(
+        left.is_empty(),
+        "{}/tmp holds leftovers: {left:?}",
+        root.display()
+    );
 }
