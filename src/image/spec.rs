@@ -184,9 +184,30 @@ pub struct RootFs {
     pub diff_ids: Vec<Digest>,
 }
 
+/// The OCI ChainID of a stack of layers (bottom first): it names the whole chain, so
+/// two images that share their bottom layers share the chain IDs of those prefixes.
+pub fn chain_id(diff_ids: &[Digest]) -> Option<Digest> {
+    let (first, rest) = diff_ids.split_first()?;
+    Some(rest.iter().fold(first.clone(), |chain, diff_id| {
+        Digest::of(format!("{chain} {diff_id}").as_bytes())
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_spec() {
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        assert_eq!(chain_id(&[]), None);
+        assert_eq!(chain_id(std::slice::from_ref(&a)), Some(a.clone()));
+        assert_eq!(
+            chain_id(&[a.clone(), b.clone()]),
+            Some(Digest::of(format!("{a} {b}").as_bytes()))
+        );
+    }
 
     #[test]
     fn config_keeps_unknown_fields() {

@@ -5,6 +5,7 @@
 //! ROOT/blobs/sha256/<hex>    manifests, configs, compressed layers, verified
 //! ROOT/layers/<hex>/tree/    one layer's files (by diff_id), owned by the user
 //! ROOT/layers/<hex>/index    that layer's true metadata (see layer_index)
+//! ROOT/views/<chain hex>/  the flattened view of a layer chain (unionfs::view)
 //! ROOT/images/images.json    every image: id, manifest, layers, names
 //! ROOT/tmp/                  work in progress; each item guarded by its own lock
 //! ROOT/locks/                per-layer locks, so one layer is unpacked once
@@ -134,6 +135,7 @@ impl Store {
             store.root.clone(),
             store.blob_dir(),
             store.layers_dir(),
+            store.views_dir(),
             store.images_dir(),
             store.tmp_dir(),
             store.locks_dir(),
@@ -171,6 +173,15 @@ impl Store {
 
     pub fn layer_index_path(&self, diff_id: &Digest) -> PathBuf {
         self.layer_dir(diff_id).join("index")
+    }
+
+    pub fn views_dir(&self) -> PathBuf {
+        self.root.join("views")
+    }
+
+    /// `views/<hex>`: the flattened view of the chain with this ChainID.
+    pub fn view_dir(&self, chain_id: &Digest) -> PathBuf {
+        self.views_dir().join(chain_id.hex())
     }
 
     pub fn images_dir(&self) -> PathBuf {

@@ -11,9 +11,161 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
+use std::path::Path;
 
+use crate::image::Digest;
 use crate::image::layer::{EntryKind, split_last};
-use crate::store::layer_index::{FLAG_IMPLICIT, FLAG_OPAQUE, IndexEntry, LayerIndex, path_cmp};
+use crate::image::spec::chain_id;
+use crate::store::fsutil::{create_dir_private, rename_noreplace};
+use crate::store::layer_index::{
+    self, FLAG_IMPLICIT, FLAG_OPAQUE, IndexEntry, LayerIndex, path_cmp,
+};
+use crate::store::staging::Staging;
+use crate::store::{Store, StoreError};
+
+/// The view of a layer chain, loaded: its entries in a layer-index file (so lookup is
+/// the same binary search), and beside them, for each entry, the layer holding its
+/// data and its link count.
+///
+/// On disk, `views/<chain id>/index` is in the layer index format and
+/// `views/<chain id>/layers` is: magic "STRATAVW", u32 version 1, u32 entry count,
+/// u32 crc32 of the records, u32 zero, then per entry u32 layer and u32 nlink (LE).
+pub struct View {
+    pub index: LayerIndex,
+    layer_and_nlink: Vec<(u32, u32)>,
+}
+
+const AUX_MAGIC: &[u8; 8] = b"STRATAVW";
+const AUX_VERSION: u32 = 1;
+const AUX_HEADER: usize = 24;
+
+impl View {
+    /// The view of `diff_ids` (bottom first): loaded from the store's cache, or built
+    /// from the layer indexes and cached for the next mount.
+    pub fn open(store: &Store, diff_ids: &[Digest]) -> Result<View, StoreError> {
+        let Some(chain) = chain_id(diff_ids) else {
+            return View::from_flat(flatten(&[]));
+        };
+        let dir = store.view_dir(&chain);
+        let damaged = match View::load(&dir) {
+            Ok(view) => return Ok(view),
+            Err(StoreError::Index(layer_index::IndexError::Read { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                false
+            }
+            // A damaged cache is only a cache: build it again.
+            Err(_) => true,
+        };
+        let layers = diff_ids
+            .iter()
+            .map(|d| LayerIndex::open(&store.layer_index_path(d)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let flat = flatten(&layers);
+        let staging = Staging::new(&store.tmp_dir(), "view")?;
+        let built = staging.path().join("view");
+        create_dir_private(&built)?;
+        write_view(&built, &flat)?;
+        if damaged {
+            // Moved into our staging area, it goes when the staging area does.
+            let _ = std::fs::rename(&dir, staging.path().join("damaged"));
+        }
+        // Another mount may have cached the same chain meanwhile: theirs is as good.
+        rename_noreplace(&built, &dir)?;
+        View::from_flat(flat)
+    }
+
+    fn from_flat(flat: Vec<FlatEntry>) -> Result<View, StoreError> {
+        let layer_and_nlink = flat.iter().map(|f| (f.layer as u32, f.nlink)).collect();
+        let entries: Vec<IndexEntry> = flat.into_iter().map(|f| f.entry).collect();
+        let index = LayerIndex::from_bytes(layer_index::encode(&entries)?).map_err(|reason| {
+            StoreError::Index(layer_index::IndexError::Corrupt {
+                path: "<view>".into(),
+                reason,
+            })
+        })?;
+        Ok(View {
+            index,
+            layer_and_nlink,
+        })
+    }
+
+    fn load(dir: &Path) -> Result<View, StoreError> {
+        let index = LayerIndex::open(&dir.join("index"))?;
+        let aux_path = dir.join("layers");
+        let corrupt = |reason: &str| {
+            StoreError::Index(layer_index::IndexError::Corrupt {
+                path: aux_path.clone(),
+                reason: reason.to_string(),
+            })
+        };
+        let aux = std::fs::read(&aux_path).map_err(|e| StoreError::io("read", &aux_path, e))?;
+        if aux.len() < AUX_HEADER || &aux[..8] != AUX_MAGIC || le32(&aux, 8) != AUX_VERSION {
+            return Err(corrupt("not a strata view"));
+        }
+        let count = le32(&aux, 12) as usize;
+        if count != index.len() || aux.len() != AUX_HEADER + count * 8 {
+            return Err(corrupt("entry count does not match the view's index"));
+        }
+        if crc32fast::hash(&aux[AUX_HEADER..]) != le32(&aux, 16) {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let layer_and_nlink = (0..count)
+            .map(|i| {
+                (
+                    le32(&aux, AUX_HEADER + i * 8),
+                    le32(&aux, AUX_HEADER + i * 8 + 4),
+                )
+            })
+            .collect();
+        Ok(View {
+            index,
+            layer_and_nlink,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The chain position (0 = bottom) whose tree holds entry `i`'s data.
+    pub fn layer(&self, i: usize) -> usize {
+        self.layer_and_nlink[i].0 as usize
+    }
+
+    pub fn nlink(&self, i: usize) -> u32 {
+        self.layer_and_nlink[i].1
+    }
+}
+
+fn write_view(dir: &Path, flat: &[FlatEntry]) -> Result<(), StoreError> {
+    let entries: Vec<IndexEntry> = flat.iter().map(|f| f.entry.clone()).collect();
+    let index_path = dir.join("index");
+    std::fs::write(&index_path, layer_index::encode(&entries)?)
+        .map_err(|e| StoreError::io("write", &index_path, e))?;
+    let mut records = Vec::with_capacity(flat.len() * 8);
+    for f in flat {
+        records.extend_from_slice(&(f.layer as u32).to_le_bytes());
+        records.extend_from_slice(&f.nlink.to_le_bytes());
+    }
+    let mut aux = Vec::with_capacity(AUX_HEADER + records.len());
+    aux.extend_from_slice(AUX_MAGIC);
+    aux.extend_from_slice(&AUX_VERSION.to_le_bytes());
+    aux.extend_from_slice(&(flat.len() as u32).to_le_bytes());
+    aux.extend_from_slice(&crc32fast::hash(&records).to_le_bytes());
+    aux.extend_from_slice(&0u32.to_le_bytes());
+    aux.extend_from_slice(&records);
+    let aux_path = dir.join("layers");
+    std::fs::write(&aux_path, aux).map_err(|e| StoreError::io("write", &aux_path, e))
+}
+
+fn le32(d: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
+}
 
 /// One visible entry of the union, with the layer that holds its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -381,6 +533,34 @@ mod tests {
                 ("h1".into(), 2)
             ]
         );
+    }
+
+    #[test]
+    fn views_are_cached_and_rebuilt_when_damaged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let chain: Vec<Digest> = (0..3u8).map(|i| Digest::of(&[i])).collect();
+        for (i, d) in chain.iter().enumerate() {
+            std::fs::create_dir_all(store.layer_dir(d)).unwrap();
+            let entries = vec![dir(""), dir("d"), file(&format!("d/f{i}"), 0o644)];
+            std::fs::write(store.layer_index_path(d), encode(&entries).unwrap()).unwrap();
+        }
+        let built = View::open(&store, &chain).unwrap();
+        assert_eq!(built.len(), 5);
+        assert_eq!(built.layer(built.index.search(b"d/f1").unwrap()), 1);
+        assert_eq!(built.nlink(0), 3);
+        let cached = store.view_dir(&chain_id(&chain).unwrap());
+        assert!(cached.join("index").is_file() && cached.join("layers").is_file());
+        // Served from the cache: the layer indexes are no longer needed.
+        for d in &chain {
+            std::fs::remove_file(store.layer_index_path(d)).unwrap();
+        }
+        let loaded = View::open(&store, &chain).unwrap();
+        assert_eq!(loaded.len(), 5);
+        assert_eq!(loaded.layer(loaded.index.search(b"d/f2").unwrap()), 2);
+        // A damaged cache is rebuilt (here it cannot be: the indexes are gone).
+        std::fs::write(cached.join("layers"), b"junk").unwrap();
+        assert!(View::open(&store, &chain).is_err());
     }
 
     #[test]

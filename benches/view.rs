@@ -1,0 +1,103 @@
+//! The flattened lower view: building it from a chain of layer indexes, and looking
+//! names up in it, at chain depths of 1 to 500 layers. The point to show: a lookup
+//! costs the same whatever the depth, because the layers were merged once.
+//!
+//! STRATA_BENCH_ENTRIES=1000000 adds a 1M-entry view (slow to set up).
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use strata::image::layer::{EntryKind, Metadata};
+use strata::store::layer_index::{IndexEntry, LayerIndex, encode};
+use strata::unionfs::view::flatten;
+
+fn entry(path: String, kind: EntryKind) -> IndexEntry {
+    IndexEntry {
+        path: path.into_bytes(),
+        kind,
+        flags: 0,
+        meta: Metadata {
+            mode: if kind == EntryKind::Dir { 0o755 } else { 0o644 },
+            ..Metadata::default()
+        },
+        symlink_target: Vec::new(),
+        xattrs: Vec::new(),
+        hardlink_group: 0,
+    }
+}
+
+/// `files` files in directories of 20, spread round-robin over `depth` layers; the
+/// top layer also whites out one file in a hundred.
+fn chain(files: usize, depth: usize) -> Vec<LayerIndex> {
+    let mut layers: Vec<Vec<IndexEntry>> = (0..depth)
+        .map(|_| vec![entry(String::new(), EntryKind::Dir)])
+        .collect();
+    let dirs = files.div_ceil(20);
+    for d in 0..dirs {
+        for layer in layers.iter_mut() {
+            layer.push(entry(format!("usr/lib/d{d:06}"), EntryKind::Dir));
+        }
+    }
+    for layer in layers.iter_mut() {
+        layer.push(entry("usr".into(), EntryKind::Dir));
+        layer.push(entry("usr/lib".into(), EntryKind::Dir));
+    }
+    for f in 0..files {
+        layers[f % depth].push(entry(
+            format!("usr/lib/d{:06}/file-{f:08}.so", f / 20),
+            EntryKind::File,
+        ));
+    }
+    for f in (0..files).step_by(100) {
+        layers[depth - 1].push(entry(
+            format!("usr/lib/d{:06}/file-{f:08}.so", f / 20),
+            EntryKind::Whiteout,
+        ));
+    }
+    layers
+        .into_iter()
+        .map(|mut entries| {
+            entries.sort_by(|a, b| a.path.cmp(&b.path));
+            entries.dedup_by(|a, b| a.path == b.path);
+            LayerIndex::from_bytes(encode(&entries).expect("encode")).expect("decode")
+        })
+        .collect()
+}
+
+fn bench_view(c: &mut Criterion) {
+    let mut sizes = vec![10_000usize, 100_000];
+    if let Some(n) = std::env::var("STRATA_BENCH_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        sizes.push(n);
+    }
+    let mut group = c.benchmark_group("view");
+    group.sample_size(10);
+    for &files in &sizes {
+        for depth in [1usize, 8, 32, 128, 500] {
+            let layers = chain(files, depth);
+            let id = format!("{files}x{depth}");
+            group.bench_with_input(BenchmarkId::new("flatten", &id), &layers, |b, l| {
+                b.iter(|| flatten(black_box(l)))
+            });
+            let flat = flatten(&layers);
+            let entries: Vec<IndexEntry> = flat.into_iter().map(|f| f.entry).collect();
+            let view = LayerIndex::from_bytes(encode(&entries).expect("encode")).expect("decode");
+            let hit =
+                format!("usr/lib/d{:06}/file-{:08}.so", files / 40, files / 2 + 1).into_bytes();
+            let miss = format!("usr/lib/d{:06}/absent.so", files / 40).into_bytes();
+            assert!(view.get(&hit).is_some() && view.get(&miss).is_none());
+            group.bench_with_input(BenchmarkId::new("lookup_hit", &id), &hit, |b, p| {
+                b.iter(|| view.get(black_box(p)).is_some())
+            });
+            group.bench_with_input(BenchmarkId::new("lookup_miss", &id), &miss, |b, p| {
+                b.iter(|| view.get(black_box(p)).is_some())
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_view);
+criterion_main!(benches);
