@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -561,7 +561,6 @@ fn source_ref_selects_the_manifest_and_a_wrong_ref_is_a_user_error() {
 /// skopeo writes `oci:DIR:app:v1` as DIR with ref name "app:v1" (the path ends at the
 /// first colon after "oci:"); strata must read the same spelling back.
 #[test]
-#[ignore = "bug: oci:PATH:REF splits at the last ':', so a ref name like app:v1 cannot be selected"]
 fn source_ref_with_a_colon_selects_as_skopeo_writes_it() {
     let env = TestEnv::new("srcref-colon");
     let w = small_image(17).with_ref("app:v1").write(&env.path("lay"));
@@ -604,8 +603,9 @@ fn importing_the_same_image_again_is_a_no_op() {
     let out = env.strata(&["import", &w.source()]);
     assert_ok(&out);
     assert_eq!(stdout(&out).lines().last(), Some(id.as_str()));
-    assert!(
-        stderr(&out).contains("0 layers unpacked, 2 already in the store"),
+    assert_eq!(
+        unpack_counts(&out),
+        (0, 2),
         "the second import unpacked again\n{}",
         describe(&out)
     );
@@ -717,8 +717,7 @@ fn wrong_diff_id_is_refused() {
     let env = env_with_good_image("diffid");
     let mut layer = LayerBlob::gz(good_layer_entries());
     layer.diff_id = format!("sha256:{}", sha256_hex(b"some other tar"));
-    let w = Image::new(vec![LayerBlob::gz(vec![Entry::file("ok", "ok")]), layer])
-        .write(&env.path("bad"));
+    let w = Image::new(vec![good_base(), layer]).write(&env.path("bad"));
     assert_rejected(&env, &w.source(), &["diff_id mismatch"]);
 }
 
@@ -727,8 +726,7 @@ fn missing_layer_blob_is_refused() {
     let env = env_with_good_image("missing");
     let mut layer = LayerBlob::gz(good_layer_entries());
     layer.present = false;
-    let w = Image::new(vec![LayerBlob::gz(vec![Entry::file("ok", "ok")]), layer])
-        .write(&env.path("bad"));
+    let w = Image::new(vec![good_base(), layer]).write(&env.path("bad"));
     assert_rejected(&env, &w.source(), &["is missing from"]);
 }
 
@@ -788,12 +786,14 @@ fn tar_entry_claiming_more_bytes_than_the_tar_has_is_refused() {
     }
 }
 
+/// The bottom layer of the good image: already in the store, so an image built on it
+/// has one layer to unpack (see `error_of_the_failing_layer_is_reported_...`).
+fn good_base() -> LayerBlob {
+    small_image(100).layers[0].clone()
+}
+
 fn hostile(env: &TestEnv, name: &str, entries: Vec<Entry>, phrases: &[&str]) {
-    let w = Image::new(vec![
-        LayerBlob::gz(vec![Entry::dir("base/"), Entry::file("base/ok", "ok")]),
-        LayerBlob::gz(entries),
-    ])
-    .write(&env.path(name));
+    let w = Image::new(vec![good_base(), LayerBlob::gz(entries)]).write(&env.path(name));
     let mut all = vec!["refused"];
     all.extend_from_slice(phrases);
     assert_rejected(env, &w.source(), &all);
@@ -871,7 +871,7 @@ fn hardlink_to_a_path_the_layer_has_not_had_is_refused() {
     hostile(
         &env,
         "b",
-        vec![Entry::hardlink("y", "base/ok")],
+        vec![Entry::hardlink("y", "etc/os-release")],
         &["has not had before it"],
     );
 }
@@ -888,6 +888,24 @@ fn hardlink_to_outside_the_layer_is_refused() {
     );
 }
 
+/// Layers unpack in parallel; when one fails, the others are cancelled. The error
+/// reported must be the failing layer's, not a cancelled layer's "cancelled".
+#[test]
+fn error_of_the_failing_layer_is_reported_not_a_cancelled_layers() {
+    let env = env_with_good_image("cancelled");
+    let w = Image::new(vec![
+        // Many entries: still unpacking when the layer above fails.
+        LayerBlob::plain(
+            (0..4000)
+                .map(|i| Entry::file(format!("slow/{i}"), random_bytes(i, 512)))
+                .collect(),
+        ),
+        LayerBlob::gz(vec![Entry::file("../escape", "x")]),
+    ])
+    .write(&env.path("bad"));
+    assert_rejected(&env, &w.source(), &["refused", "'..'"]);
+}
+
 #[test]
 fn nul_in_a_pax_path_is_refused() {
     let env = env_with_good_image("nul");
@@ -897,6 +915,25 @@ fn nul_in_a_pax_path_is_refused() {
         vec![Entry::file(b"evil\0name".as_slice(), "x").pax_path()],
         &["NUL"],
     );
+}
+
+#[test]
+fn nul_in_a_pax_link_target_is_refused() {
+    let env = env_with_good_image("nul-link");
+    let target = format!("/usr/{}\0/bin", "x".repeat(120));
+    hostile(&env, "a", vec![Entry::symlink("l", target)], &["NUL"]);
+}
+
+#[test]
+fn usage_errors_exit_2_and_an_empty_store_lists_nothing() {
+    let env = TestEnv::new("usage");
+    let out = env.strata(&["import"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let out = env.strata(&["images", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(env.images_json().is_empty());
+    let out = env.strata(&["import", &env.path("does-not-exist").display().to_string()]);
+    assert_fails(&out, 1, "does-not-exist");
 }
 
 #[test]
@@ -913,8 +950,7 @@ fn unknown_layer_media_type_is_refused() {
     let env = env_with_good_image("mediatype");
     let mut layer = LayerBlob::gz(good_layer_entries());
     layer.media_type = "application/vnd.example.layer.v1.tar+lz4".into();
-    let w = Image::new(vec![LayerBlob::gz(vec![Entry::file("ok", "ok")]), layer])
-        .write(&env.path("bad"));
+    let w = Image::new(vec![good_base(), layer]).write(&env.path("bad"));
     assert_rejected(&env, &w.source(), &["unsupported media type"]);
 }
 
@@ -1034,10 +1070,11 @@ fn find_file(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
         if ft.is_file() && e.file_name() == name {
             return Some(p);
         }
-        if ft.is_dir() && depth > 0 {
-            if let Some(f) = find_file(&p, name, depth - 1) {
-                return Some(f);
-            }
+        if ft.is_dir()
+            && depth > 0
+            && let Some(f) = find_file(&p, name, depth - 1)
+        {
+            return Some(f);
         }
     }
     None
@@ -1080,12 +1117,12 @@ fn import_killed_mid_layer_leaves_only_whole_images_and_can_be_redone() {
         if let Ok(Some(_)) = child.try_wait() {
             return true;
         }
-        if let Some(f) = find_file(&tmp, "partial-target", 6) {
-            if let Ok(m) = fs::metadata(&f) {
-                let s = m.len();
-                if s > 0 && s < BIG as u64 && sizes.last() != Some(&s) {
-                    sizes.push(s);
-                }
+        if let Some(f) = find_file(&tmp, "partial-target", 6)
+            && let Ok(m) = fs::metadata(&f)
+        {
+            let s = m.len();
+            if s > 0 && s < BIG as u64 && sizes.last() != Some(&s) {
+                sizes.push(s);
             }
         }
         sizes.len() >= 2
@@ -1127,20 +1164,28 @@ fn import_killed_mid_layer_leaves_only_whole_images_and_can_be_redone() {
     assert_tmp_empty(&env.root);
 }
 
+/// (layers unpacked, layers already in the store) from import's summary on stderr,
+/// whichever side of its words the numbers stand.
 fn unpack_counts(out: &std::process::Output) -> (usize, usize) {
     let err = stderr(out);
     let line = err
         .lines()
-        .find(|l| l.contains("layers unpacked"))
+        .find(|l| l.contains("unpacked") && l.contains("already"))
         .unwrap_or_else(|| panic!("no summary line\n{}", describe(out)));
-    let nums: Vec<usize> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    let n = nums.len();
-    assert!(n >= 2, "{line}");
-    (nums[n - 2], nums[n - 1])
+    // "imported NAME: <clause with unpacked>, <clause with already>"; each clause
+    // holds one number.
+    let tail = line.rsplit(": ").next().unwrap();
+    let count = |word: &str| -> usize {
+        let clause = tail
+            .split(',')
+            .find(|c| c.contains(word))
+            .unwrap_or_else(|| panic!("no '{word}' clause in: {line}"));
+        clause
+            .split(|c: char| !c.is_ascii_digit())
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no count for '{word}' in: {line}"))
+    };
+    (count("unpacked"), count("already"))
 }
 
 #[test]

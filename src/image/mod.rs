@@ -88,7 +88,9 @@ pub enum ImageError {
         layers: usize,
     },
 
-    #[error("layer {layer}: entry '{path}' refused: {reason}; the layer is unsafe to unpack, so nothing was imported")]
+    #[error(
+        "layer {layer}: entry '{path}' refused: {reason}; the layer is unsafe to unpack, so nothing was imported"
+    )]
     HostileEntry {
         layer: Digest,
         path: String,

@@ -86,15 +86,21 @@ const KNOWN_LATER: &[&str] = &[
     "docker-daemon",
 ];
 
-/// "PATH:REF" -> (PATH, Some(REF)); a path that exists whole wins over a split.
+/// "PATH:REF" -> (PATH, Some(REF)), as skopeo reads it: the path ends at the first
+/// ':' (so "DIR:app:v1" names the ref "app:v1"), unless a longer prefix of the whole
+/// is the path that exists.
 fn split_path_and_ref(s: &str) -> (PathBuf, Option<String>) {
     if Path::new(s).exists() {
         return (PathBuf::from(s), None);
     }
-    match s.rsplit_once(':') {
-        Some((path, reference)) if !reference.is_empty() && !reference.contains('/') => {
-            (PathBuf::from(path), Some(reference.to_string()))
-        }
+    let colons: Vec<usize> = s.match_indices(':').map(|(i, _)| i).collect();
+    let split_at = colons
+        .iter()
+        .copied()
+        .find(|&i| Path::new(&s[..i]).is_dir())
+        .or(colons.first().copied());
+    match split_at {
+        Some(i) if i + 1 < s.len() => (PathBuf::from(&s[..i]), Some(s[i + 1..].to_string())),
         _ => (PathBuf::from(s), None),
     }
 }
@@ -129,6 +135,13 @@ mod tests {
             SourceRef::OciLayout {
                 path: dir.clone(),
                 reference: Some("v2".into())
+            }
+        );
+        assert_eq!(
+            SourceRef::parse(&format!("oci:{d}:app:v1")).unwrap(),
+            SourceRef::OciLayout {
+                path: dir.clone(),
+                reference: Some("app:v1".into())
             }
         );
         assert!(SourceRef::parse(tmp.path().to_str().unwrap()).is_err());

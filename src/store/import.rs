@@ -25,12 +25,12 @@ use super::lock::FileLock;
 use super::staging::Staging;
 use super::unpack::Unpacker;
 use super::{Store, StoreError};
+use crate::image::Digest;
 use crate::image::layer::{ReadLayerError, read_layer};
 use crate::image::reference::ImageName;
 use crate::image::resolve::{ResolvedImage, resolve};
 use crate::image::source::ImageSource;
 use crate::image::spec::{Compression, Descriptor, Platform};
-use crate::image::{Digest, ImageError};
 
 /// What the caller sees of a long import. All methods have empty defaults.
 pub trait Progress: Sync {
@@ -185,6 +185,18 @@ fn lock_missing_layers(store: &Store, image: &ResolvedImage) -> Result<Vec<FileL
         .collect()
 }
 
+/// Why a layer job ended early: its own failure, or another job's.
+enum JobError {
+    Failed(StoreError),
+    Cancelled,
+}
+
+impl<E: Into<StoreError>> From<E> for JobError {
+    fn from(e: E) -> Self {
+        JobError::Failed(e.into())
+    }
+}
+
 /// Unpacks the layers, one worker per core. Returns each diff_id's uncompressed size.
 fn unpack_all(
     store: &Store,
@@ -228,11 +240,20 @@ fn unpack_all(
         }
     });
     let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-    // Report the first layer's failure, not whichever worker lost the race.
+    // Report the lowest failed layer's own error; the layers it cancelled say nothing.
     results.sort_by_key(|(i, _)| *i);
     let mut sizes = BTreeMap::new();
     for (i, result) in results {
-        sizes.insert(work[i].diff_id.clone(), result?);
+        match result {
+            Ok(size) => {
+                sizes.insert(work[i].diff_id.clone(), size);
+            }
+            Err(JobError::Failed(e)) => return Err(e),
+            Err(JobError::Cancelled) => {}
+        }
+    }
+    if sizes.len() < work.len() {
+        unreachable!("a layer was cancelled but no layer failed");
     }
     Ok(sizes)
 }
@@ -245,7 +266,7 @@ fn unpack_one(
     staged_layers: &Path,
     progress: &dyn Progress,
     cancelled: &AtomicBool,
-) -> Result<u64, StoreError> {
+) -> Result<u64, JobError> {
     let digest = &job.desc.digest;
     let layer_dir = staged_layers.join(job.diff_id.hex());
     let tree = layer_dir.join("tree");
@@ -285,29 +306,24 @@ fn unpack_one(
         job.compression,
         |entry, data| {
             if cancelled.load(Ordering::Relaxed) {
-                return Err(StoreError::Image(ImageError::Read {
-                    what: format!("layer {digest}"),
-                    source: io::Error::new(
-                        io::ErrorKind::Interrupted,
-                        "cancelled: another layer failed",
-                    ),
-                }));
+                return Err(JobError::Cancelled);
             }
-            unpacker.apply(entry, data)
+            unpacker.apply(entry, data).map_err(JobError::from)
         },
     );
     // A failed write to the staged copy surfaces as a read error of the layer;
     // report it as what it is.
     if let (Some(e), Some(path)) = (reader.write_error.take(), &blob_copy) {
-        return Err(StoreError::io("write", path, e));
+        return Err(JobError::Failed(StoreError::io("write", path, e)));
     }
     let summary = summary.map_err(|e| match e {
-        ReadLayerError::Image(e) => StoreError::Image(e),
+        ReadLayerError::Image(e) => JobError::Failed(StoreError::Image(e)),
         ReadLayerError::Visit(e) => e,
     })?;
     let index = layer_index::encode(&unpacker.into_entries())?;
     let index_path = layer_dir.join("index");
-    std::fs::write(&index_path, index).map_err(|e| StoreError::io("write", &index_path, e))?;
+    std::fs::write(&index_path, index)
+        .map_err(|e| JobError::Failed(StoreError::io("write", &index_path, e)))?;
     progress.layer_finished(digest);
     Ok(summary.uncompressed_size)
 }

@@ -27,10 +27,10 @@ pub fn hex(bytes: &[u8]) -> String {
 /// sha256 of `bytes`, in hex. Large inputs go to coreutils' sha256sum: the sha2 crate
 /// in a debug build hashes at about 35 MB/s.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    if bytes.len() > (4 << 20) {
-        if let Some(h) = sha256sum(bytes) {
-            return h;
-        }
+    if bytes.len() > (4 << 20)
+        && let Some(h) = sha256sum(bytes)
+    {
+        return h;
     }
     hex(&sha2::Sha256::digest(bytes))
 }
@@ -58,7 +58,7 @@ fn sha256sum(bytes: &[u8]) -> Option<String> {
 /// A fast, seeded, incompressible byte stream (xorshift64*).
 pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    fill_random(&mut seed.clone().max(1), &mut out);
+    fill_random(&mut seed.max(1), &mut out);
     out
 }
 

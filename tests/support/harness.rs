@@ -147,9 +147,29 @@ pub fn strata_bin() -> &'static Path {
             fs::copy(&built, &tmp).expect("copy the strata binary");
             fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
             fs::rename(&tmp, &dest).expect("install the strata binary copy");
+            remove_stale_copies(base, &dir);
         }
         dest
     })
+}
+
+/// Copies of older builds, untouched for an hour, are no one's any more.
+fn remove_stale_copies(base: &Path, keep: &Path) {
+    let Ok(listing) = fs::read_dir(base) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let path = entry.path();
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 3600);
+        if path != keep && stale {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
 }
 
 /// A command that runs `program` as the test user, with a clean environment.

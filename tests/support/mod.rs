@@ -11,6 +11,9 @@ pub mod builder;
 pub mod harness;
 pub mod snapshot;
 
+#[allow(unused_imports)]
 pub use builder::*;
+#[allow(unused_imports)]
 pub use harness::*;
+#[allow(unused_imports)]
 pub use snapshot::*;
