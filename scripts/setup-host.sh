@@ -23,6 +23,7 @@ packages=(
     fuse-overlayfs   # the FUSE union fs rootless podman uses: compared against
     util-linux       # setpriv, unshare
     zstd
+    bc               # scripts/bench-import.sh
 )
 missing=()
 for p in "${packages[@]%% *}"; do
