@@ -2,6 +2,7 @@
 
 mod images;
 mod import;
+mod mount;
 mod progress;
 
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use strata::image::ImageError;
 use strata::store::{Store, StoreError};
+use strata::unionfs::UnionError;
 
 /// Exit codes of every command but run/start, as podman has them.
 pub const EXIT_OK: i32 = 0;
@@ -36,6 +38,8 @@ struct Cli {
 enum Command {
     Import(import::Args),
     Images(images::Args),
+    Mount(mount::Args),
+    Umount(mount::UmountArgs),
 }
 
 pub fn run() -> i32 {
@@ -49,6 +53,8 @@ pub fn run() -> i32 {
     let result = match cli.command {
         Command::Import(args) => open_store(cli.root).and_then(|store| import::run(&store, args)),
         Command::Images(args) => open_store(cli.root).and_then(|store| images::run(&store, args)),
+        Command::Mount(args) => open_store(cli.root).and_then(|store| mount::run(&store, args)),
+        Command::Umount(args) => mount::run_umount(args),
     };
     match result {
         Ok(()) => EXIT_OK,
@@ -71,7 +77,10 @@ fn open_store(root: Option<PathBuf>) -> anyhow::Result<Store> {
 /// Our own errors already carry their causes in their message; anyhow's context
 /// layers need the chain spelled out.
 fn describe(err: &anyhow::Error) -> String {
-    if err.downcast_ref::<StoreError>().is_some() || err.downcast_ref::<ImageError>().is_some() {
+    if err.downcast_ref::<StoreError>().is_some()
+        || err.downcast_ref::<ImageError>().is_some()
+        || err.downcast_ref::<UnionError>().is_some()
+    {
         return err.to_string();
     }
     format!("{err:#}")
@@ -80,6 +89,13 @@ fn describe(err: &anyhow::Error) -> String {
 fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<StoreError>() {
+            return if e.is_user_error() {
+                EXIT_USER
+            } else {
+                EXIT_INTERNAL
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<UnionError>() {
             return if e.is_user_error() {
                 EXIT_USER
             } else {

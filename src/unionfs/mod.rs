@@ -1,4 +1,62 @@
 //! strata's FUSE union filesystem. `view` flattens a chain of immutable layers once;
-//! the filesystem that serves it (and the writable upper) build on that view.
+//! `fs` serves that view; `mount` puts it on a directory.
 
+pub mod fs;
+pub mod idmap;
+pub mod mount;
 pub mod view;
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::store::StoreError;
+
+#[derive(Debug, Error)]
+pub enum UnionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    #[error(
+        "/dev/fuse is not accessible ({0}): FUSE needs it readable and writable by you; ask your administrator to make it mode 0666 (as Debian and Fedora ship it) and to load the fuse module"
+    )]
+    FuseDevice(#[source] io::Error),
+
+    #[error(
+        "cannot open layer tree {path}: {source}; the store is damaged: remove the image and import it again"
+    )]
+    Layer {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("mountpoint {path} is not a directory: create it first")]
+    BadMountpoint { path: PathBuf },
+
+    #[error(
+        "cannot mount on {mountpoint}: {source}; outside a user namespace this needs fusermount3 (Debian package fuse3)"
+    )]
+    Mount {
+        mountpoint: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("the filesystem stopped serving: {0}")]
+    Serve(#[source] io::Error),
+
+    #[error("cannot unmount {mountpoint}: {reason}")]
+    Unmount { mountpoint: PathBuf, reason: String },
+}
+
+impl UnionError {
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            UnionError::Store(e) => e.is_user_error(),
+            UnionError::Layer { .. } | UnionError::Serve(_) => false,
+            _ => true,
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! `strata mount IMAGE MOUNTPOINT [-f]` and `strata umount MOUNTPOINT`
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use nix::sys::signal::{SigSet, Signal};
+use strata::store::Store;
+use strata::unionfs::mount::{Mounted, image_fs, mount, unmount};
+
+/// Mount an image's layers, read-only, with strata's union filesystem
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The image: NAME[:TAG], an ID prefix, or @sha256:<digest>
+    image: String,
+    /// An existing directory to mount on
+    mountpoint: PathBuf,
+    /// Stay in the foreground and serve until unmounted or interrupted
+    #[arg(short, long)]
+    foreground: bool,
+}
+
+/// Unmount a strata mount
+#[derive(Debug, clap::Args)]
+pub struct UmountArgs {
+    mountpoint: PathBuf,
+}
+
+const STOP_SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+pub fn run(store: &Store, args: Args) -> anyhow::Result<()> {
+    let image = store.images().load()?.find(&args.image)?.clone();
+    let fs = image_fs(store, &image)?;
+    let mut mounted = mount(fs, &args.mountpoint)?;
+    if !args.foreground {
+        detach()?;
+    }
+    serve_until_stopped(&mut mounted)?;
+    mounted.serve()?;
+    Ok(())
+}
+
+pub fn run_umount(args: UmountArgs) -> anyhow::Result<()> {
+    Ok(unmount(&args.mountpoint)?)
+}
+
+/// Leaves the mount to a child in its own session, and returns to the caller: the
+/// mount already answers (INIT is done), so whoever ran us may use it at once.
+fn detach() -> anyhow::Result<()> {
+    // SAFETY: strata has started no thread yet (the serving threads start later, in
+    // the child), so the child is a full copy of a single-threaded process.
+    match unsafe { nix::unistd::fork() }.context("cannot fork the serving process")? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            // Exit without running destructors: the mount belongs to the child now.
+            std::process::exit(0)
+        }
+        nix::unistd::ForkResult::Child => {
+            nix::unistd::setsid().context("setsid")?;
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?;
+            nix::unistd::dup2_stdin(&null)
+                .and_then(|()| nix::unistd::dup2_stdout(&null))
+                .and_then(|()| nix::unistd::dup2_stderr(&null))
+                .context("redirecting standard streams to /dev/null")?;
+            Ok(())
+        }
+    }
+}
+
+/// Unmounts on SIGINT, SIGTERM or SIGHUP. The signals are blocked before the serving
+/// threads exist, so they all inherit the mask and only the waiting thread sees them.
+fn serve_until_stopped(mounted: &mut Mounted) -> anyhow::Result<()> {
+    let mut set = SigSet::empty();
+    for s in STOP_SIGNALS {
+        set.add(s);
+    }
+    set.thread_block().context("blocking signals")?;
+    let mut unmounter = mounted.unmounter();
+    std::thread::Builder::new()
+        .name("strata-signals".into())
+        .spawn(move || {
+            if set.wait().is_ok() {
+                let _ = unmounter.unmount();
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Putting a union filesystem on a directory and serving it.
+//!
+//! Where the caller may mount (root in its own user and mount namespace, as inside
+//! `unshare -Urm` or strata's own containers) the mount is made by mount(2) with
+//! allow_other, so every uid of the namespace reaches it; elsewhere the system's
+//! fusermount3 mounts it, with allow_other only where /etc/fuse.conf permits.
+
+use std::fs::OpenOptions;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use super::UnionError;
+use super::fs::LowerFs;
+use super::idmap::IdMap;
+use super::view::View;
+use crate::store::{ImageRecord, Store};
+
+/// How many threads serve requests: enough to overlap the kernel's parallel
+/// lookups and readahead, not so many that a small machine thrashes.
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 8)
+}
+
+/// The read-only union of an image's layers, ready to mount.
+pub fn image_fs(store: &Store, image: &ImageRecord) -> Result<LowerFs, UnionError> {
+    let diff_ids: Vec<_> = image.layers.iter().map(|l| l.diff_id.clone()).collect();
+    let view = View::open(store, &diff_ids)?;
+    let trees = diff_ids
+        .iter()
+        .map(|d| {
+            let tree = store.layer_tree(d);
+            nix::fcntl::open(
+                &tree,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| UnionError::Layer {
+                path: tree,
+                source: e.into(),
+            })
+        })
+        .collect::<Result<Vec<OwnedFd>, _>>()?;
+    Ok(LowerFs::new(
+        view,
+        trees,
+        IdMap::of_current("uid_map"),
+        IdMap::of_current("gid_map"),
+    ))
+}
+
+/// A mounted filesystem, answering the kernel once `serve` runs.
+pub struct Mounted {
+    session: Session<LowerFs>,
+}
+
+/// Mounts `fs` read-only on `mountpoint`. The kernel's first request (INIT) has been
+/// answered when this returns.
+pub fn mount(fs: LowerFs, mountpoint: &Path) -> Result<Mounted, UnionError> {
+    check_fuse_device()?;
+    if !mountpoint.is_dir() {
+        return Err(UnionError::BadMountpoint {
+            path: mountpoint.to_path_buf(),
+        });
+    }
+    let acl = if may_allow_other() {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("strata".into()),
+        MountOption::Subtype("strata".into()),
+        MountOption::DefaultPermissions,
+        MountOption::RO,
+    ];
+    config.acl = acl;
+    config.n_threads = Some(default_threads());
+    config.clone_fd = true;
+    let session = Session::new(fs, mountpoint, &config).map_err(|e| UnionError::Mount {
+        mountpoint: mountpoint.to_path_buf(),
+        source: e,
+    })?;
+    Ok(Mounted { session })
+}
+
+impl Mounted {
+    /// A handle that unmounts from another thread (a signal handler's).
+    pub fn unmounter(&mut self) -> SessionUnmounter {
+        self.session.unmount_callable()
+    }
+
+    /// Serves requests until the filesystem is unmounted.
+    pub fn serve(self) -> Result<(), UnionError> {
+        self.session.run().map_err(UnionError::Serve)
+    }
+}
+
+/// Unmounts a strata (or any FUSE) mount: directly where the caller may, else
+/// through fusermount3.
+pub fn unmount(mountpoint: &Path) -> Result<(), UnionError> {
+    match nix::mount::umount2(mountpoint, nix::mount::MntFlags::empty()) {
+        Ok(()) => return Ok(()),
+        Err(nix::errno::Errno::EPERM) => {}
+        Err(e) => {
+            return Err(UnionError::Unmount {
+                mountpoint: mountpoint.to_path_buf(),
+                reason: e.desc().into(),
+            });
+        }
+    }
+    let out = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(mountpoint)
+        .output()
+        .map_err(|e| UnionError::Unmount {
+            mountpoint: mountpoint.to_path_buf(),
+            reason: format!("cannot run fusermount3: {e}"),
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(UnionError::Unmount {
+            mountpoint: mountpoint.to_path_buf(),
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Says clearly when /dev/fuse cannot be used, before the mount fails vaguely.
+pub fn check_fuse_device() -> Result<(), UnionError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map(drop)
+        .map_err(UnionError::FuseDevice)
+}
+
+/// allow_other: always in a user namespace of our own (we are root there and the
+/// container's other uids must reach the mount); outside, only where
+/// /etc/fuse.conf has user_allow_other, or for real root.
+fn may_allow_other() -> bool {
+    if IdMap::of_current("uid_map") != IdMap::identity() || nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    std::fs::read_to_string("/etc/fuse.conf")
+        .map(|t| {
+            t.lines()
+                .any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other")
+        })
+        .unwrap_or(false)
+}
