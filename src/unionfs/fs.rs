@@ -31,7 +31,7 @@ use super::view::View;
 use crate::image::layer::{EntryKind, split_last};
 
 /// How long the kernel may trust what we tell it about immutable lower entries.
-const LOWER_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const LOWER_TTL: Duration = Duration::from_secs(24 * 3600);
 const GENERATION: Generation = Generation(1);
 const BLOCK_SIZE: u32 = 4096;
 
@@ -50,6 +50,8 @@ pub struct LowerFs {
     uids: IdMap,
     gids: IdMap,
     open_files: Mutex<HashMap<u64, (Arc<File>, usize)>>,
+    /// What the kernel may cache, and for how long (LOWER_TTL but in benchmarks).
+    ttl: Duration,
 }
 
 impl LowerFs {
@@ -111,7 +113,15 @@ impl LowerFs {
             uids,
             gids,
             open_files: Mutex::new(HashMap::new()),
+            ttl: LOWER_TTL,
         }
+    }
+
+    /// Sets how long the kernel may cache entries and attributes. Zero sends every
+    /// lookup and stat to the daemon: what benchmarks of its own cost want.
+    pub fn with_ttl(mut self, ttl: Duration) -> LowerFs {
+        self.ttl = ttl;
+        self
     }
 
     /// The view position an inode stands for.
@@ -273,19 +283,19 @@ impl Filesystem for LowerFs {
             return reply.error(Errno::ENOENT);
         };
         match self.lookup_child(dir, name.as_bytes()) {
-            Some(pos) => reply.entry_with_ttls(&LOWER_TTL, &LOWER_TTL, &self.attr(pos), GENERATION),
+            Some(pos) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(pos), GENERATION),
             None => {
                 // Inode 0 with a timeout: the kernel remembers the name is absent.
                 let mut absent = self.attr(dir);
                 absent.ino = INodeNo(0);
-                reply.entry_with_ttls(&LOWER_TTL, &LOWER_TTL, &absent, GENERATION);
+                reply.entry_with_ttls(&self.ttl, &self.ttl, &absent, GENERATION);
             }
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.position(ino) {
-            Some(pos) => reply.attr(&LOWER_TTL, &self.attr(pos)),
+            Some(pos) => reply.attr(&self.ttl, &self.attr(pos)),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -412,7 +422,7 @@ impl Filesystem for LowerFs {
                 attr.ino,
                 next,
                 OsStr::from_bytes(name),
-                &LOWER_TTL,
+                &self.ttl,
                 &attr,
                 GENERATION,
             ) {
