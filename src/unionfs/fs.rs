@@ -34,6 +34,9 @@ use crate::image::layer::{EntryKind, split_last};
 pub const LOWER_TTL: Duration = Duration::from_secs(24 * 3600);
 const GENERATION: Generation = Generation(1);
 const BLOCK_SIZE: u32 = 4096;
+/// Backing descriptors kept open at most; past it the cache starts afresh (readers
+/// in flight keep theirs alive through their Arc).
+const OPEN_FILES_LIMIT: usize = 4096;
 
 /// The read-only union of a layer chain.
 pub struct LowerFs {
@@ -49,7 +52,12 @@ pub struct LowerFs {
     child_start: Vec<u32>,
     uids: IdMap,
     gids: IdMap,
-    open_files: Mutex<HashMap<u64, (Arc<File>, usize)>>,
+    /// Backing files by inode, opened on first read. Bounded: see OPEN_FILES_LIMIT.
+    open_files: Mutex<HashMap<u64, Arc<File>>>,
+    /// The kernel agreed to open files and directories without asking us: an open
+    /// costs no round trip, and the page cache is kept.
+    zero_message_open: bool,
+    zero_message_opendir: bool,
     /// What the kernel may cache, and for how long (LOWER_TTL but in benchmarks).
     ttl: Duration,
 }
@@ -113,6 +121,8 @@ impl LowerFs {
             uids,
             gids,
             open_files: Mutex::new(HashMap::new()),
+            zero_message_open: false,
+            zero_message_opendir: false,
             ttl: LOWER_TTL,
         }
     }
@@ -181,9 +191,12 @@ impl LowerFs {
     /// The shared descriptor of an inode's backing file, opened on first use.
     fn backing_file(&self, pos: usize) -> Result<Arc<File>, Errno> {
         let ino = self.inode[pos];
-        let mut open = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((file, users)) = open.get_mut(&ino) {
-            *users += 1;
+        if let Some(file) = self
+            .open_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+        {
             return Ok(file.clone());
         }
         let tree = &self.trees[self.view.layer(pos)];
@@ -197,16 +210,11 @@ impl LowerFs {
         let fd = nix::fcntl::openat2(tree.as_fd(), self.view.index.entry(pos).path(), how)
             .map_err(|e| Errno::from_i32(e as i32))?;
         let file = Arc::new(File::from(fd));
-        open.insert(ino, (file.clone(), 1));
-        Ok(file)
-    }
-
-    fn file_for_handle(&self, fh: FileHandle) -> Option<Arc<File>> {
-        self.open_files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .map(|(f, _)| f.clone())
+        let mut open = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
+        if open.len() >= OPEN_FILES_LIMIT {
+            open.clear();
+        }
+        Ok(open.entry(ino).or_insert(file).clone())
     }
 
     /// The entries of a directory listing from `offset` on: ".", "..", then children.
@@ -224,6 +232,19 @@ impl LowerFs {
                 (k as u64 + 3, child as usize, name)
             });
         dots.into_iter().chain(kids).skip(offset as usize)
+    }
+}
+
+thread_local! {
+    /// Each serving thread's read buffer, grown to the largest read it has served.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Backing files are kept open per inode; let the cache use what the hard limit allows.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 
@@ -275,6 +296,13 @@ impl Filesystem for LowerFs {
         let _ = config
             .set_max_readahead(u32::MAX)
             .or_else(|max| config.set_max_readahead(max));
+        self.zero_message_open = config
+            .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+            .is_ok();
+        self.zero_message_opendir = config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
+        raise_open_file_limit();
         Ok(())
     }
 
@@ -315,6 +343,11 @@ impl Filesystem for LowerFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
+        // ENOSYS, once, tells a kernel that agreed to it never to send opens again;
+        // it then keeps the page cache as FOPEN_KEEP_CACHE would.
+        if self.zero_message_open {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.backing_file(pos) {
             Ok(_) => reply.opened(FileHandle(self.inode[pos]), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(e),
@@ -324,51 +357,59 @@ impl Filesystem for LowerFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(file) = self.file_for_handle(fh) else {
-            return reply.error(Errno::EBADF);
+        // Found by inode, not handle: with zero-message open there are no handles.
+        let Some(pos) = self.position(ino) else {
+            return reply.error(Errno::ENOENT);
         };
-        let mut buf = vec![0u8; size as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return reply.error(e.into()),
+        let file = match self.backing_file(pos) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        READ_BUFFER.with_borrow_mut(|buf| {
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
             }
-        }
-        reply.data(&buf[..filled]);
+            let buf = &mut buf[..size as usize];
+            let mut filled = 0;
+            while filled < buf.len() {
+                match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return reply.error(e.into()),
+                }
+            }
+            reply.data(&buf[..filled]);
+        });
     }
 
     fn release(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let mut open = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, users)) = open.get_mut(&fh.0) {
-            *users -= 1;
-            if *users == 0 {
-                open.remove(&fh.0);
-            }
-        }
+        // Backing files stay cached for the next open of the inode.
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.zero_message_opendir {
+            // As for files: the kernel then caches listings (FOPEN_CACHE_DIR).
+            return reply.error(Errno::ENOSYS);
+        }
         match self.position(ino).map(|p| self.view.index.entry(p).kind()) {
             // The listing never changes: let the kernel keep it.
             Some(EntryKind::Dir) => reply.opened(
