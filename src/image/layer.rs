@@ -207,9 +207,18 @@ fn walk_tar<R: Read, E>(
     };
     let mut archive = tar::Archive::new(reader);
     let mut count = 0;
-    for entry in archive.entries().map_err(corrupt)? {
+    // Raw entries: the extension headers (PAX, GNU long names) are parsed here, by
+    // their length prefixes, because the tar crate splits PAX records at newlines
+    // and so refuses (or worse, misreads) binary xattr values that contain one.
+    let mut pending = Extensions::default();
+    for entry in archive.entries().map_err(corrupt)?.raw(true) {
         let mut entry = entry.map_err(corrupt)?;
-        let Some(sanitised) = sanitise(&mut entry, layer)? else {
+        if pending.absorb(&mut entry).map_err(corrupt)? {
+            continue;
+        }
+        let extensions = std::mem::take(&mut pending);
+        let Some(sanitised) = sanitise(&mut entry, &extensions, layer)? else {
+            io::copy(&mut entry, &mut io::sink()).map_err(corrupt)?;
             continue;
         };
         let mut counted = CountingReader {
@@ -235,7 +244,117 @@ fn walk_tar<R: Read, E>(
         }
         count += 1;
     }
+    if !pending.is_empty() {
+        return Err(corrupt(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the tar ends with extension headers that describe no entry",
+        ))
+        .into());
+    }
     Ok(count)
+}
+
+/// What extension headers say about the entry that follows them.
+#[derive(Debug, Default)]
+struct Extensions {
+    /// PAX records, in order (a later record for a key overrides an earlier one).
+    pax: Vec<(Vec<u8>, Vec<u8>)>,
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+}
+
+/// Extension headers are metadata, not files: a megabyte is far beyond any real one.
+const EXTENSION_LIMIT: u64 = 1 << 20;
+
+impl Extensions {
+    fn is_empty(&self) -> bool {
+        self.pax.is_empty() && self.long_name.is_none() && self.long_link.is_none()
+    }
+
+    /// Takes in `entry` if it is an extension header; says whether it was.
+    fn absorb<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> io::Result<bool> {
+        let kind = entry.header().entry_type();
+        let is_extension = kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions()
+            || kind.is_gnu_longname()
+            || kind.is_gnu_longlink();
+        if !is_extension {
+            return Ok(false);
+        }
+        if entry.size() > EXTENSION_LIMIT {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an extension header of more than 1 MiB",
+            ));
+        }
+        let mut data = Vec::with_capacity(entry.size() as usize);
+        entry.read_to_end(&mut data)?;
+        if data.len() as u64 != entry.size() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "an extension header is cut short",
+            ));
+        }
+        if kind.is_pax_local_extensions() {
+            self.pax.extend(parse_pax_records(&data)?);
+        } else if kind.is_gnu_longname() {
+            self.long_name = Some(trim_nuls(data));
+        } else if kind.is_gnu_longlink() {
+            self.long_link = Some(trim_nuls(data));
+        }
+        // Global PAX headers set defaults for the whole archive; none that matter to
+        // a layer (image tools never write them), so they are read and dropped.
+        Ok(true)
+    }
+
+    fn pax_value(&self, key: &[u8]) -> Option<&[u8]> {
+        self.pax
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+fn trim_nuls(mut name: Vec<u8>) -> Vec<u8> {
+    while name.last() == Some(&0) {
+        name.pop();
+    }
+    name
+}
+
+/// Parses PAX records, "LEN KEY=VALUE\n" each, LEN counting the whole record. The
+/// value may hold any byte, newlines included.
+fn parse_pax_records(mut data: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("malformed PAX record: {why}"),
+        )
+    };
+    let mut records = Vec::new();
+    // Some writers pad the data with NULs.
+    while !data.is_empty() && data[0] != 0 {
+        let space = data
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or_else(|| bad("no length"))?;
+        let len: usize = std::str::from_utf8(&data[..space])
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| bad("the length is not a number"))?;
+        if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err(bad("the length does not match the record"));
+        }
+        let record = &data[space + 1..len - 1];
+        let equals = record
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or_else(|| bad("no '='"))?;
+        records.push((record[..equals].to_vec(), record[equals + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Ok(records)
 }
 
 struct CountingReader<'a> {
@@ -255,9 +374,14 @@ impl Read for CountingReader<'_> {
 /// (global PAX headers, aufs metadata).
 fn sanitise<R: Read>(
     entry: &mut tar::Entry<'_, R>,
+    extensions: &Extensions,
     layer: &Digest,
 ) -> Result<Option<LayerEntry>, ImageError> {
-    let raw_path = entry.path_bytes().into_owned();
+    let raw_path = match (extensions.pax_value(b"path"), &extensions.long_name) {
+        (Some(p), _) => p.to_vec(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => entry.header().path_bytes().into_owned(),
+    };
     let hostile = |reason: &str| ImageError::HostileEntry {
         layer: layer.clone(),
         path: String::from_utf8_lossy(&raw_path).into_owned(),
@@ -274,8 +398,11 @@ fn sanitise<R: Read>(
     }
     let path = normalise(&raw_path).map_err(&hostile)?;
     let kind = match entry_type {
-        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-            EntryKind::File
+        tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
+        tar::EntryType::GNUSparse => {
+            return Err(hostile(
+                "GNU sparse files are not supported; re-create the layer without --sparse",
+            ));
         }
         tar::EntryType::Directory => EntryKind::Dir,
         tar::EntryType::Symlink => EntryKind::Symlink,
@@ -306,20 +433,21 @@ fn sanitise<R: Read>(
         meta.rdev_major = header.device_major().map_err(corrupt)?.unwrap_or(0);
         meta.rdev_minor = header.device_minor().map_err(corrupt)?.unwrap_or(0);
     }
-    let link = entry
-        .link_name_bytes()
-        .map(|l| l.into_owned())
-        .unwrap_or_default();
+    let link = match (extensions.pax_value(b"linkpath"), &extensions.long_link) {
+        (Some(l), _) => l.to_vec(),
+        (None, Some(l)) => l.clone(),
+        (None, None) => entry
+            .header()
+            .link_name_bytes()
+            .map(|l| l.into_owned())
+            .unwrap_or_default(),
+    };
     if link.contains(&0) {
         return Err(hostile("its link target contains a NUL byte"));
     }
     let mut xattrs = Vec::new();
-    if let Some(pax) = entry.pax_extensions().map_err(corrupt)? {
-        for ext in pax {
-            let ext = ext.map_err(corrupt)?;
-            apply_pax(ext.key_bytes(), ext.value_bytes(), &mut meta, &mut xattrs)
-                .map_err(&hostile)?;
-        }
+    for (key, value) in &extensions.pax {
+        apply_pax(key, value, &mut meta, &mut xattrs).map_err(&hostile)?;
     }
     let (path, op) = classify(path, kind, entry_type, &link).map_err(&hostile)?;
     let Some(op) = op else { return Ok(None) };
@@ -399,7 +527,17 @@ fn apply_pax(
         return Ok(());
     }
     let text = || std::str::from_utf8(value).map_err(|_| "a PAX record is not UTF-8");
+    if key.starts_with(b"GNU.sparse.") {
+        return Err("PAX sparse files are not supported; re-create the layer without --sparse");
+    }
     match key {
+        // The tar crate frames entries by the header's size; a PAX size that differs
+        // (files of 8 GiB and more) would make it misread the rest of the layer.
+        b"size" if text()?.parse::<u64>().ok() != Some(meta.size) => {
+            return Err(
+                "a PAX size record differs from the header's size (files of 8 GiB or more are not supported yet)",
+            );
+        }
         b"uid" => {
             meta.uid = text()?
                 .parse()
@@ -506,6 +644,30 @@ mod tests {
         );
         assert!(classify(b"a/.wh.".to_vec(), f, t, b"").is_err());
         assert!(classify(b"l".to_vec(), f, tar::EntryType::Link, b"../x").is_err());
+    }
+
+    #[test]
+    fn pax_records_may_hold_newlines() {
+        let value = b"a\n\0b\n";
+        let mut record = b"SCHILY.xattr.user.bin=".to_vec();
+        record.extend_from_slice(value);
+        record.push(b'\n');
+        // The length counts itself: 2 digits + space + the rest.
+        let data = [
+            format!("{} ", record.len() + 3).into_bytes(),
+            record,
+            b"12 path=abc\n".to_vec(),
+        ]
+        .concat();
+        let records = parse_pax_records(&data).unwrap();
+        assert_eq!(
+            records[0],
+            (b"SCHILY.xattr.user.bin".to_vec(), value.to_vec())
+        );
+        assert_eq!(records[1], (b"path".to_vec(), b"abc".to_vec()));
+        assert!(parse_pax_records(b"99 path=abc\n").is_err());
+        assert!(parse_pax_records(b"x path=abc\n").is_err());
+        assert_eq!(parse_pax_records(b"\0\0\0").unwrap(), vec![]);
     }
 
     #[test]

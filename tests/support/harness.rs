@@ -174,18 +174,27 @@ fn remove_stale_copies(base: &Path, keep: &Path) {
 
 /// A command that runs `program` as the test user, with a clean environment.
 pub fn user_command(program: impl AsRef<OsStr>) -> Command {
+    user_command_bounded(program, true)
+}
+
+/// Like `user_command`, but with the capability bounding set left as an ordinary
+/// login has it, so that the system's setuid helpers (fusermount3) work. The process
+/// itself still has no capability.
+pub fn user_command_with_setuid_helpers(program: impl AsRef<OsStr>) -> Command {
+    user_command_bounded(program, false)
+}
+
+fn user_command_bounded(program: impl AsRef<OsStr>, empty_bounding_set: bool) -> Command {
     let u = user();
     let mut cmd = if is_root() {
         let mut c = Command::new("setpriv");
         c.arg(format!("--reuid={}", u.uid))
             .arg(format!("--regid={}", u.gid))
-            .args([
-                "--clear-groups",
-                "--inh-caps=-all",
-                "--bounding-set=-all",
-                "--",
-            ])
-            .arg(program);
+            .args(["--clear-groups", "--inh-caps=-all"]);
+        if empty_bounding_set {
+            c.arg("--bounding-set=-all");
+        }
+        c.arg("--").arg(program);
         c
     } else {
         Command::new(program)

@@ -4,11 +4,15 @@
 //!   tests run as root, each test in its own work directory.
 //! - `builder`: writes tar layers (hostile ones too) and OCI image layouts.
 //! - `snapshot`: a store's visible state, to assert that a failed command changed nothing.
+//! - `fsdiff`: walks a mounted tree and compares it with the union of builder layers.
+//! - `mountns`: runs mount scripts in namespaces that take their mounts with them.
 
 #![allow(dead_code)]
 
 pub mod builder;
+pub mod fsdiff;
 pub mod harness;
+pub mod mountns;
 pub mod snapshot;
 
 #[allow(unused_imports)]
