@@ -7,9 +7,11 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use strata::image::Digest;
 use strata::image::layer::{EntryKind, Metadata};
+use strata::store::Store;
 use strata::store::layer_index::{IndexEntry, LayerIndex, encode};
-use strata::unionfs::view::flatten;
+use strata::unionfs::view::{View, flatten};
 
 fn entry(path: String, kind: EntryKind) -> IndexEntry {
     IndexEntry {
@@ -75,7 +77,7 @@ fn bench_view(c: &mut Criterion) {
     let mut group = c.benchmark_group("view");
     group.sample_size(10);
     for &files in &sizes {
-        for depth in [1usize, 8, 32, 128, 500] {
+        for depth in [1usize, 8, 20, 32, 128, 500] {
             let layers = chain(files, depth);
             let id = format!("{files}x{depth}");
             group.bench_with_input(BenchmarkId::new("flatten", &id), &layers, |b, l| {
@@ -83,7 +85,17 @@ fn bench_view(c: &mut Criterion) {
             });
             let flat = flatten(&layers);
             let entries: Vec<IndexEntry> = flat.into_iter().map(|f| f.entry).collect();
-            let view = LayerIndex::from_bytes(encode(&entries).expect("encode")).expect("decode");
+            let encoded = encode(&entries).expect("encode");
+            eprintln!(
+                "view {id}: {} entries, {} bytes encoded",
+                entries.len(),
+                encoded.len()
+            );
+            let view = LayerIndex::from_bytes(encoded).expect("decode");
+            let short = b"usr".to_vec();
+            group.bench_with_input(BenchmarkId::new("lookup_short", &id), &short, |b, p| {
+                b.iter(|| view.get(black_box(p)).is_some())
+            });
             let hit =
                 format!("usr/lib/d{:06}/file-{:08}.so", files / 40, files / 2 + 1).into_bytes();
             let miss = format!("usr/lib/d{:06}/absent.so", files / 40).into_bytes();
@@ -99,5 +111,29 @@ fn bench_view(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_view);
+/// Loading a view that an earlier mount cached: what every later mount pays.
+fn bench_cached_view(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    let layers = chain(100_000, 20);
+    let diff_ids: Vec<Digest> = (0..layers.len())
+        .map(|i| {
+            let d = Digest::of(format!("layer {i}").as_bytes());
+            let entries: Vec<IndexEntry> = layers[i].iter().map(|e| e.to_owned_entry()).collect();
+            std::fs::create_dir_all(store.layer_dir(&d)).expect("layer dir");
+            std::fs::write(
+                store.layer_index_path(&d),
+                encode(&entries).expect("encode"),
+            )
+            .expect("index");
+            d
+        })
+        .collect();
+    View::open(&store, &diff_ids).expect("build and cache the view");
+    c.bench_function("view/load_cached/100000x20", |b| {
+        b.iter(|| View::open(black_box(&store), &diff_ids).expect("load"))
+    });
+}
+
+criterion_group!(benches, bench_view, bench_cached_view);
 criterion_main!(benches);
