@@ -25,12 +25,13 @@ use super::lock::FileLock;
 use super::staging::Staging;
 use super::unpack::Unpacker;
 use super::{Store, StoreError};
-use crate::image::Digest;
+use crate::image::digest::HashingReader;
 use crate::image::layer::{ReadLayerError, read_layer};
 use crate::image::reference::ImageName;
 use crate::image::resolve::{ResolvedImage, resolve};
 use crate::image::source::ImageSource;
 use crate::image::spec::{Compression, Descriptor, Platform};
+use crate::image::{Digest, ImageError};
 
 /// What the caller sees of a long import. All methods have empty defaults.
 pub trait Progress: Sync {
@@ -85,6 +86,9 @@ pub fn import(
         &image.config_bytes,
     )?;
 
+    // Layers the store already has must not be collected before the record that
+    // references them is written.
+    let _in_use = store.hold_layers(&image.config.rootfs.diff_ids)?;
     let _layer_locks = lock_missing_layers(store, &image)?;
     let work: Vec<LayerJob<'_>> = image
         .layers()
@@ -113,6 +117,14 @@ pub fn import(
         &staged_layers,
         request.progress,
     )?;
+
+    // A layer the store has (from another image, maybe compressed otherwise) still
+    // gets this image's blob, so that `save` gives the image back byte for byte.
+    for (desc, _, _) in image.layers() {
+        if !store.has_blob(&desc.digest) && !staged_blobs.join(desc.digest.hex()).exists() {
+            stage_blob(source, desc, &staged_blobs)?;
+        }
+    }
 
     // One flush for everything staged: cheaper than an fsync per file, and the
     // renames below must not reach the disk before the data they publish.
@@ -165,6 +177,51 @@ fn stage_document(
     std::fs::write(&path, bytes).map_err(|e| StoreError::io("write", &path, e))
 }
 
+/// Copies one blob from the source into staging, checking its size and digest.
+fn stage_blob(
+    source: &dyn ImageSource,
+    desc: &Descriptor,
+    staged_blobs: &Path,
+) -> Result<(), StoreError> {
+    let what = format!("layer {}", desc.digest);
+    let path = staged_blobs.join(desc.digest.hex());
+    let mut reader = HashingReader::new(source.open_blob(&desc.digest)?);
+    let mut file = File::create(&path).map_err(|e| StoreError::io("create", &path, e))?;
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| ImageError::Read {
+            what: what.clone(),
+            source: e,
+        })?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n])
+            .map_err(|e| StoreError::io("write", &path, e))?;
+    }
+    let (digest, size) = reader.finish().map_err(|e| ImageError::Read {
+        what: what.clone(),
+        source: e,
+    })?;
+    if size != desc.size {
+        return Err(ImageError::SizeMismatch {
+            what,
+            expected: desc.size,
+            actual: size,
+        }
+        .into());
+    }
+    if digest != desc.digest {
+        return Err(ImageError::DigestMismatch {
+            what,
+            expected: desc.digest.clone(),
+            actual: digest,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Locks every layer this image needs that the store lacks, in diff_id order.
 fn lock_missing_layers(store: &Store, image: &ResolvedImage) -> Result<Vec<FileLock>, StoreError> {
     let mut missing: Vec<&Digest> = image
@@ -179,7 +236,7 @@ fn lock_missing_layers(store: &Store, image: &ResolvedImage) -> Result<Vec<FileL
     missing
         .into_iter()
         .map(|d| {
-            let path = store.locks_dir().join(format!("layer-{}.lock", d.hex()));
+            let path = store.layer_unpack_lock_path(d);
             FileLock::exclusive(&path).map_err(|e| StoreError::io("lock", &path, e))
         })
         .collect()

@@ -196,6 +196,36 @@ impl Store {
         self.root.join("locks")
     }
 
+    /// `locks/layer-<hex>.lock`: held exclusively while the layer is unpacked, so two
+    /// imports never unpack one layer twice.
+    pub fn layer_unpack_lock_path(&self, diff_id: &Digest) -> PathBuf {
+        self.locks_dir()
+            .join(format!("layer-{}.lock", diff_id.hex()))
+    }
+
+    /// `locks/layer-<hex>.use`: held shared by everything that relies on the layer
+    /// staying (a mount, a container, an import about to reference it). Whoever deletes
+    /// layers (rmi, gc) must take it exclusively first, without waiting, and skip the
+    /// layer when it cannot.
+    pub fn layer_use_lock_path(&self, diff_id: &Digest) -> PathBuf {
+        self.locks_dir()
+            .join(format!("layer-{}.use", diff_id.hex()))
+    }
+
+    /// Holds the layers of a chain in use (shared locks) until the locks are dropped.
+    pub fn hold_layers(&self, diff_ids: &[Digest]) -> Result<Vec<lock::FileLock>, StoreError> {
+        let mut unique: Vec<&Digest> = diff_ids.iter().collect();
+        unique.sort();
+        unique.dedup();
+        unique
+            .into_iter()
+            .map(|d| {
+                let path = self.layer_use_lock_path(d);
+                lock::FileLock::shared(&path).map_err(|e| StoreError::io("lock", &path, e))
+            })
+            .collect()
+    }
+
     /// Takes the store-wide lock for a change. Hold it for as short as possible.
     pub fn lock_for_change(&self) -> Result<lock::FileLock, StoreError> {
         let path = self.root.join("lock");

@@ -29,6 +29,7 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use super::idmap::IdMap;
 use super::view::View;
 use crate::image::layer::{EntryKind, split_last};
+use crate::store::lock::FileLock;
 
 /// How long the kernel may trust what we tell it about immutable lower entries.
 pub const LOWER_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -60,6 +61,8 @@ pub struct LowerFs {
     zero_message_opendir: bool,
     /// What the kernel may cache, and for how long (LOWER_TTL but in benchmarks).
     ttl: Duration,
+    /// Shared locks that keep the layers from being collected while served.
+    _held: Vec<FileLock>,
 }
 
 impl LowerFs {
@@ -124,7 +127,14 @@ impl LowerFs {
             zero_message_open: false,
             zero_message_opendir: false,
             ttl: LOWER_TTL,
+            _held: Vec::new(),
         }
+    }
+
+    /// Keeps `locks` (the layers' use locks) for as long as the filesystem lives.
+    pub fn holding(mut self, locks: Vec<FileLock>) -> LowerFs {
+        self._held = locks;
+        self
     }
 
     /// Sets how long the kernel may cache entries and attributes. Zero sends every

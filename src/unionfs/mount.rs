@@ -30,6 +30,7 @@ fn default_threads() -> usize {
 /// The read-only union of an image's layers, ready to mount.
 pub fn image_fs(store: &Store, image: &ImageRecord) -> Result<LowerFs, UnionError> {
     let diff_ids: Vec<_> = image.layers.iter().map(|l| l.diff_id.clone()).collect();
+    let held = store.hold_layers(&diff_ids)?;
     let view = View::open(store, &diff_ids)?;
     let trees = diff_ids
         .iter()
@@ -46,12 +47,13 @@ pub fn image_fs(store: &Store, image: &ImageRecord) -> Result<LowerFs, UnionErro
             })
         })
         .collect::<Result<Vec<OwnedFd>, _>>()?;
-    Ok(LowerFs::new(
+    let fs = LowerFs::new(
         view,
         trees,
         IdMap::of_current("uid_map"),
         IdMap::of_current("gid_map"),
-    ))
+    );
+    Ok(fs.holding(held))
 }
 
 /// A mounted filesystem, answering the kernel once `serve` runs.
