@@ -12,7 +12,8 @@ use super::progress::Bars;
 /// Import an image into the store
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// An OCI image layout: oci:PATH[:REF] or PATH
+    /// oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:NAME:TAG], or a path:
+    /// an OCI layout, a docker or OCI archive, or a rootfs tarball (.tar, .tar.gz, .tar.zst)
     source: String,
     /// Name the image NAME[:TAG] (TAG defaults to latest)
     name: Option<String>,
@@ -27,14 +28,15 @@ pub fn run(store: &Store, args: Args) -> anyhow::Result<()> {
         .as_deref()
         .map(str::parse::<ImageName>)
         .transpose()?;
-    let (source, reference) = SourceRef::parse(&args.source)?.open()?;
+    let opened = SourceRef::parse(&args.source)?.open()?;
     let bars = (!args.quiet && std::io::stderr().is_terminal()).then(Bars::new);
     let request = ImportRequest {
-        source_ref: reference.as_deref(),
+        source_ref: opened.reference.as_deref(),
         name,
+        source_names: &opened.names,
         progress: bars.as_ref().map_or(&Quiet as _, |b| b as _),
     };
-    let outcome = import(store, source.as_ref(), &request)?;
+    let outcome = import(store, opened.source.as_ref(), &request)?;
     drop(bars);
     if !args.quiet {
         let label = if outcome.names.is_empty() {

@@ -139,11 +139,7 @@ pub fn read_layer<R: Read, E>(
             Compression::None => Box::new(&mut compressed),
             Compression::Gzip => Box::new(MultiGzDecoder::new(&mut compressed)),
             Compression::Zstd => {
-                return Err(ImageError::UnsupportedMediaType {
-                    what: format!("layer {layer}"),
-                    media_type: desc.media_type.clone(),
-                }
-                .into());
+                Box::new(zstd::stream::read::Decoder::new(&mut compressed).map_err(corrupt)?)
             }
         };
         let mut uncompressed = HashingReader::new(decoder);

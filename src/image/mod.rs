@@ -2,6 +2,7 @@
 //! tars. Nothing here touches the store or mounts anything: it reads, parses and
 //! verifies, and hands sanitised layer entries to whoever unpacks them.
 
+pub mod archive;
 pub mod digest;
 pub mod layer;
 pub mod layout;
@@ -9,6 +10,7 @@ pub mod reference;
 pub mod resolve;
 pub mod source;
 pub mod spec;
+pub mod tarball;
 pub mod transport;
 
 use std::io;
@@ -78,6 +80,14 @@ pub enum ImageError {
 
     #[error("'{path}' is not an OCI image layout: {reason}")]
     BadLayout { path: PathBuf, reason: String },
+
+    #[error(
+        "'{0}:' sources are not supported yet; export the image with skopeo (skopeo copy ... oci-archive:FILE) and import that"
+    )]
+    UnsupportedTransport(String),
+
+    #[error("'{path}' is not a usable image archive: {reason}")]
+    BadArchive { path: PathBuf, reason: String },
 
     #[error(
         "image config {config} lists {diff_ids} diff_ids but the manifest has {layers} layers; the image is malformed"

@@ -36,6 +36,17 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// Recognises a compressed stream by its first bytes.
+    pub fn sniff(magic: &[u8]) -> Compression {
+        if magic.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+
     pub fn of_layer_media_type(mt: &str) -> Option<Compression> {
         use media_type::*;
         match mt {

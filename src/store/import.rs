@@ -47,8 +47,10 @@ impl Progress for Quiet {}
 pub struct ImportRequest<'a> {
     /// Which image of the source (an OCI layout's ref name).
     pub source_ref: Option<&'a str>,
-    /// The name to give it; else the source's ref name when it is a valid name.
+    /// The name to give it; else the names the source gives (docker-archive's
+    /// RepoTags); else the source's ref name when it is a full reference.
     pub name: Option<ImageName>,
+    pub source_names: &'a [String],
     pub progress: &'a dyn Progress,
 }
 
@@ -152,6 +154,15 @@ struct LayerJob<'a> {
 fn choose_names(image: &ResolvedImage, request: &ImportRequest<'_>) -> Vec<String> {
     if let Some(name) = &request.name {
         return vec![name.to_string()];
+    }
+    let given: Vec<String> = request
+        .source_names
+        .iter()
+        .filter_map(|n| n.parse::<ImageName>().ok())
+        .map(|n| n.to_string())
+        .collect();
+    if !given.is_empty() {
+        return given;
     }
     // A ref name like "latest" or "v1" is a tag, not a name: only a full reference
     // ("app:v1", "example.com/app") names the image.
