@@ -76,7 +76,7 @@ fn json_entry(image: &ImageRecord) -> serde_json::Value {
 }
 
 /// Decimal units, as podman prints sizes.
-fn human_size(bytes: u64) -> String {
+pub(super) fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut value = bytes as f64;
     let mut unit = 0;

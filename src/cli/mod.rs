@@ -1,9 +1,14 @@
 //! One file per subcommand; this one holds the shared flags and the exit codes.
 
+mod gc;
 mod images;
 mod import;
+mod inspect;
 mod mount;
 mod progress;
+mod rmi;
+mod save;
+mod tag;
 
 use std::path::PathBuf;
 
@@ -38,6 +43,11 @@ struct Cli {
 enum Command {
     Import(import::Args),
     Images(images::Args),
+    Inspect(inspect::Args),
+    Tag(tag::Args),
+    Rmi(rmi::Args),
+    Gc(gc::Args),
+    Save(save::Args),
     Mount(mount::Args),
     Umount(mount::UmountArgs),
 }
@@ -53,6 +63,11 @@ pub fn run() -> i32 {
     let result = match cli.command {
         Command::Import(args) => open_store(cli.root).and_then(|store| import::run(&store, args)),
         Command::Images(args) => open_store(cli.root).and_then(|store| images::run(&store, args)),
+        Command::Inspect(args) => open_store(cli.root).and_then(|store| inspect::run(&store, args)),
+        Command::Tag(args) => open_store(cli.root).and_then(|store| tag::run(&store, args)),
+        Command::Rmi(args) => open_store(cli.root).and_then(|store| rmi::run(&store, args)),
+        Command::Gc(args) => open_store(cli.root).and_then(|store| gc::run(&store, args)),
+        Command::Save(args) => open_store(cli.root).and_then(|store| save::run(&store, args)),
         Command::Mount(args) => open_store(cli.root).and_then(|store| mount::run(&store, args)),
         Command::Umount(args) => mount::run_umount(args),
     };

@@ -99,6 +99,31 @@ fn to_hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Checks what was read (`actual`, `actual_size`) against what a descriptor promised.
+pub fn verify(
+    what: &str,
+    expected: &Digest,
+    expected_size: u64,
+    actual: &Digest,
+    actual_size: u64,
+) -> Result<(), ImageError> {
+    if actual_size != expected_size {
+        return Err(ImageError::SizeMismatch {
+            what: what.to_string(),
+            expected: expected_size,
+            actual: actual_size,
+        });
+    }
+    if actual != expected {
+        return Err(ImageError::DigestMismatch {
+            what: what.to_string(),
+            expected: expected.clone(),
+            actual: actual.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// A reader that hashes and counts every byte that passes through it, so a blob is
 /// verified in the same pass that consumes it.
 pub struct HashingReader<R> {

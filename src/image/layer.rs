@@ -10,9 +10,7 @@
 
 use std::io::{self, Read};
 
-use flate2::read::MultiGzDecoder;
-
-use super::digest::HashingReader;
+use super::digest::{HashingReader, verify};
 use super::spec::{Compression, Descriptor};
 use super::{Digest, ImageError};
 
@@ -135,13 +133,7 @@ pub fn read_layer<R: Read, E>(
     };
     let mut compressed = HashingReader::new(blob);
     let walked = {
-        let decoder: Box<dyn Read + '_> = match compression {
-            Compression::None => Box::new(&mut compressed),
-            Compression::Gzip => Box::new(MultiGzDecoder::new(&mut compressed)),
-            Compression::Zstd => {
-                Box::new(zstd::stream::read::Decoder::new(&mut compressed).map_err(corrupt)?)
-            }
-        };
+        let decoder = compression.decoder(&mut compressed).map_err(corrupt)?;
         let mut uncompressed = HashingReader::new(decoder);
         let walked = walk_tar(&mut uncompressed, layer, &mut visit);
         match walked {
@@ -160,22 +152,13 @@ pub fn read_layer<R: Read, E>(
             source: e,
         })
     })?;
-    if compressed_size != desc.size {
-        return Err(ImageError::SizeMismatch {
-            what: format!("layer {layer}"),
-            expected: desc.size,
-            actual: compressed_size,
-        }
-        .into());
-    }
-    if &compressed_digest != layer {
-        return Err(ImageError::DigestMismatch {
-            what: format!("layer {layer}"),
-            expected: layer.clone(),
-            actual: compressed_digest,
-        }
-        .into());
-    }
+    verify(
+        &format!("layer {layer}"),
+        layer,
+        desc.size,
+        &compressed_digest,
+        compressed_size,
+    )?;
     let (entries, actual_diff_id, uncompressed_size) = walked?;
     if &actual_diff_id != diff_id {
         return Err(ImageError::DiffIdMismatch {

@@ -12,6 +12,7 @@ pub mod source;
 pub mod spec;
 pub mod tarball;
 pub mod transport;
+pub mod writer;
 
 use std::io;
 use std::path::PathBuf;
@@ -116,4 +117,11 @@ pub enum ImageError {
 
     #[error("'{name}' is not a valid image name: {reason}")]
     BadName { name: String, reason: String },
+
+    #[error("cannot write {what}: {source}")]
+    Write {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
 }

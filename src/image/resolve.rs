@@ -6,7 +6,7 @@
 
 use std::io::Read;
 
-use super::digest::HashingReader;
+use super::digest::{HashingReader, verify};
 use super::source::ImageSource;
 use super::spec::{Compression, Descriptor, ImageConfig, Index, Manifest, Platform, media_type};
 use super::{Digest, ImageError};
@@ -228,20 +228,7 @@ pub fn read_verified(
         what: what.to_string(),
         source: e,
     })?;
-    if size != desc.size {
-        return Err(ImageError::SizeMismatch {
-            what: what.to_string(),
-            expected: desc.size,
-            actual: size,
-        });
-    }
-    if actual != desc.digest {
-        return Err(ImageError::DigestMismatch {
-            what: what.to_string(),
-            expected: desc.digest.clone(),
-            actual,
-        });
-    }
+    verify(what, &desc.digest, desc.size, &actual, size)?;
     Ok(bytes)
 }
 

@@ -36,6 +36,18 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// A reader of the uncompressed stream.
+    pub fn decoder<'a, R: std::io::Read + 'a>(
+        self,
+        compressed: R,
+    ) -> std::io::Result<Box<dyn std::io::Read + 'a>> {
+        Ok(match self {
+            Compression::None => Box::new(compressed),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(compressed)?),
+        })
+    }
+
     /// Recognises a compressed stream by its first bytes.
     pub fn sniff(magic: &[u8]) -> Compression {
         if magic.starts_with(&[0x1f, 0x8b]) {

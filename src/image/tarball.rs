@@ -7,8 +7,6 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use flate2::read::MultiGzDecoder;
-
 use super::digest::HashingReader;
 use super::source::ImageSource;
 use super::spec::{Compression, Descriptor, Index, Manifest, Platform, media_type};
@@ -36,13 +34,7 @@ impl RootfsTarball {
         let compression = Compression::sniff(&magic[..got]);
         let mut blob = HashingReader::new(File::open(path).map_err(read_err)?);
         let diff_id = {
-            let decoded: Box<dyn Read + '_> = match compression {
-                Compression::None => Box::new(&mut blob),
-                Compression::Gzip => Box::new(MultiGzDecoder::new(&mut blob)),
-                Compression::Zstd => {
-                    Box::new(zstd::stream::read::Decoder::new(&mut blob).map_err(read_err)?)
-                }
-            };
+            let decoded = compression.decoder(&mut blob).map_err(read_err)?;
             let corrupt = |e: io::Error| ImageError::BadLayout {
                 path: path.to_path_buf(),
                 reason: format!("it is not a readable (compressed) tar: {e}"),

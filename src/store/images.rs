@@ -70,6 +70,47 @@ impl ImageDb {
         }
     }
 
+    /// Removes the image with this ID and every name it had.
+    pub fn remove(&mut self, id: &Digest) -> Option<ImageRecord> {
+        let at = self.images.iter().position(|i| &i.id == id)?;
+        Some(self.images.remove(at))
+    }
+
+    /// Takes `name` away from whichever image has it; whether one had it.
+    pub fn untag(&mut self, name: &str) -> bool {
+        let mut found = false;
+        for image in &mut self.images {
+            let before = image.names.len();
+            image.names.retain(|n| n != name);
+            found |= image.names.len() != before;
+        }
+        found
+    }
+
+    /// Gives `name` to the image `id`, moving it from the image that had it; returns
+    /// that image's ID, unless it was `id` itself or nobody.
+    pub fn tag(&mut self, id: &Digest, name: &str) -> Option<Digest> {
+        let previous = self
+            .images
+            .iter()
+            .find(|i| i.names.iter().any(|n| n == name))
+            .map(|i| i.id.clone())
+            .filter(|p| p != id);
+        self.untag(name);
+        if let Some(image) = self.images.iter_mut().find(|i| &i.id == id) {
+            image.names.push(name.to_string());
+            image.names.sort();
+        }
+        previous
+    }
+
+    /// The name `wanted` asks for, when it names `image` by one of its names (rather
+    /// than by ID or digest).
+    pub fn name_asked(wanted: &str, image: &ImageRecord) -> Option<String> {
+        let name = wanted.parse::<ImageName>().ok()?.to_string();
+        image.names.contains(&name).then_some(name)
+    }
+
     /// Finds an image by `NAME[:TAG]`, an ID prefix, `sha256:<id>`, `@sha256:<digest>`
     /// or `NAME@sha256:<manifest digest>`.
     pub fn find(&self, wanted: &str) -> Result<&ImageRecord, StoreError> {
@@ -240,6 +281,34 @@ mod tests {
             db.find("busybox").is_err(),
             "busybox:latest is not busybox:1"
         );
+    }
+
+    #[test]
+    fn tag_untag_remove() {
+        let mut db = ImageDb::default();
+        db.add(record(b"a", &["a:1"]));
+        db.add(record(b"b", &["b:1"]));
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        assert_eq!(db.tag(&a, "a:2"), None);
+        assert_eq!(db.find("a:2").unwrap().id, a);
+        assert_eq!(db.tag(&a, "b:1"), Some(b.clone()));
+        assert_eq!(db.images[0].names, ["a:1", "a:2", "b:1"]);
+        assert!(db.images[1].names.is_empty());
+        assert_eq!(
+            db.tag(&a, "b:1"),
+            None,
+            "a name already there does not move"
+        );
+        assert_eq!(
+            ImageDb::name_asked("a:2", &db.images[0]).as_deref(),
+            Some("a:2")
+        );
+        assert_eq!(ImageDb::name_asked(&a.hex()[..8], &db.images[0]), None);
+        assert!(db.untag("a:1"));
+        assert!(!db.untag("a:1"));
+        assert_eq!(db.remove(&a).unwrap().names, ["a:2", "b:1"]);
+        assert!(db.remove(&a).is_none());
+        assert_eq!(db.images.len(), 1);
     }
 
     #[test]

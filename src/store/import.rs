@@ -25,12 +25,12 @@ use super::lock::FileLock;
 use super::staging::Staging;
 use super::unpack::Unpacker;
 use super::{Store, StoreError};
-use crate::image::digest::HashingReader;
 use crate::image::layer::{ReadLayerError, read_layer};
 use crate::image::reference::ImageName;
 use crate::image::resolve::{ResolvedImage, resolve};
 use crate::image::source::ImageSource;
 use crate::image::spec::{Compression, Descriptor, Platform};
+use crate::image::writer::copy_blob_to;
 use crate::image::{Digest, ImageError};
 
 /// What the caller sees of a long import. All methods have empty defaults.
@@ -136,6 +136,9 @@ pub fn import(
     let _store_lock = store.lock_for_change()?;
     publish(&staged_blobs, &store.blob_dir())?;
     publish(&staged_layers, &store.layers_dir())?;
+    // What was in the store when we looked may have been collected since (a gc
+    // between our checks and this lock): never list an image with a hole in it.
+    ensure_complete(store, &record)?;
     store.images().update(|db| db.add(record.clone()))?;
     Ok(ImportOutcome {
         id: record.id,
@@ -188,49 +191,34 @@ fn stage_document(
     std::fs::write(&path, bytes).map_err(|e| StoreError::io("write", &path, e))
 }
 
+/// Checks that every blob and layer `record` names is in the store.
+fn ensure_complete(store: &Store, record: &ImageRecord) -> Result<(), StoreError> {
+    let blobs = [&record.manifest_digest, &record.id]
+        .into_iter()
+        .chain(record.layers.iter().map(|l| &l.digest));
+    if let Some(missing) = blobs.into_iter().find(|d| !store.has_blob(d)) {
+        return Err(StoreError::MissingBlob(missing.clone()));
+    }
+    match record.layers.iter().find(|l| !store.has_layer(&l.diff_id)) {
+        Some(l) => Err(StoreError::MissingLayer(l.diff_id.clone())),
+        None => Ok(()),
+    }
+}
+
 /// Copies one blob from the source into staging, checking its size and digest.
 fn stage_blob(
     source: &dyn ImageSource,
     desc: &Descriptor,
     staged_blobs: &Path,
 ) -> Result<(), StoreError> {
-    let what = format!("layer {}", desc.digest);
     let path = staged_blobs.join(desc.digest.hex());
-    let mut reader = HashingReader::new(source.open_blob(&desc.digest)?);
     let mut file = File::create(&path).map_err(|e| StoreError::io("create", &path, e))?;
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        let n = reader.read(&mut buf).map_err(|e| ImageError::Read {
-            what: what.clone(),
-            source: e,
-        })?;
-        if n == 0 {
-            break;
-        }
-        file.write_all(&buf[..n])
-            .map_err(|e| StoreError::io("write", &path, e))?;
-    }
-    let (digest, size) = reader.finish().map_err(|e| ImageError::Read {
-        what: what.clone(),
-        source: e,
-    })?;
-    if size != desc.size {
-        return Err(ImageError::SizeMismatch {
-            what,
-            expected: desc.size,
-            actual: size,
-        }
-        .into());
-    }
-    if digest != desc.digest {
-        return Err(ImageError::DigestMismatch {
-            what,
-            expected: desc.digest.clone(),
-            actual: digest,
-        }
-        .into());
-    }
-    Ok(())
+    let dest = path.display().to_string();
+    copy_blob_to(&mut file, &dest, source, &desc.digest, desc.size).map_err(|e| match e {
+        // A failed write is the store's problem (a full disk, say), not the image's.
+        ImageError::Write { source, .. } => StoreError::io("write", &path, source),
+        e => e.into(),
+    })
 }
 
 /// Locks every layer this image needs that the store lacks, in diff_id order.

@@ -15,7 +15,9 @@
 //! whole object or none, and a killed command leaves only `tmp/` litter that the next
 //! command removes.
 
+pub mod export;
 pub mod fsutil;
+pub mod gc;
 pub mod images;
 pub mod import;
 pub mod layer_index;
@@ -68,6 +70,19 @@ pub enum StoreError {
         "layer {0} is recorded but missing from the store; remove the image and import it again"
     )]
     MissingLayer(Digest),
+
+    #[error(
+        "blob {0} is recorded but missing from the store; remove the image and import it again"
+    )]
+    MissingBlob(Digest),
+
+    #[error(
+        "image '{image}' is in use: {held} of its layers are held by a running mount or container; stop it first, or give --force to remove the image now (the held layers stay until `strata gc` finds them free)"
+    )]
+    ImageInUse { image: String, held: usize },
+
+    #[error("cannot save to '{dest}': {reason}")]
+    BadDestination { dest: String, reason: String },
 }
 
 impl StoreError {
@@ -97,9 +112,10 @@ impl StoreError {
                     | Some(libc::ENOENT)
                     | Some(libc::ENOTDIR)
             ),
-            StoreError::Index(_) | StoreError::CorruptDb { .. } | StoreError::MissingLayer(_) => {
-                false
-            }
+            StoreError::Index(_)
+            | StoreError::CorruptDb { .. }
+            | StoreError::MissingLayer(_)
+            | StoreError::MissingBlob(_) => false,
             _ => true,
         }
     }
