@@ -8,8 +8,10 @@ set -euo pipefail
 layout=$(realpath "$1"); runs=${2:-9}; strata=${3:-$(dirname "$(realpath "$0")")/../target/release/strata}
 if [ "$(id -u)" -eq 0 ]; then
     bin=/tmp/strata-bench-bin; install -d -m 755 "$bin"; install -m 755 "$strata" "$bin/strata"
+    # The checkout may sit where the user cannot read (/root is 0700): run a copy.
+    install -m 644 "$(realpath "$0")" "$bin/bench-import.sh"
     exec setpriv --reuid=strata-demo --regid=strata-demo --init-groups --reset-env \
-        bash "$(realpath "$0")" "$layout" "$runs" "$bin/strata"
+        bash "$bin/bench-import.sh" "$layout" "$runs" "$bin/strata"
 fi
 work=$(mktemp -d /var/tmp/strata-bench-import.XXXXXX)
 trap 'rm -rf "$work"' EXIT

@@ -245,6 +245,7 @@ if [ "$(id -u)" -eq 0 ]; then
     user=${STRATA_BENCH_USER:-strata-demo}
     id "$user" >/dev/null 2>&1 || die "running as root, and there is no user $user to run as (set STRATA_BENCH_USER)"
     bin=/tmp/strata-bench-bin
+    report_src=$here/bench_lower_report.py
     install -d -m 755 "$bin"
     install -p -m 755 "$strata" "$bin/strata"
     note "running as root: re-executing as $user with $bin/strata"
@@ -256,8 +257,11 @@ if [ "$(id -u)" -eq 0 ]; then
         args+=("$a")
     done
     [ -z "$outdir" ] || { for i in "${!args[@]}"; do [ "${args[$i]}" != "$outdir" ] || args[i]=$(realpath "$outdir"); done; }
+    # The checkout may sit where the user cannot read (/root is 0700): run copies.
+    install -d -m 755 "$bin/scripts"
+    install -m 644 "$self" "$report_src" "$here/make-test-image.py" "$here/ocilayout.py" "$bin/scripts/"
     exec setpriv --reuid="$user" --regid="$user" --init-groups --reset-env \
-        bash "$self" "${args[@]}" --strata "$bin/strata"
+        bash "$bin/scripts/$(basename "$self")" "${args[@]}" --strata "$bin/strata"
 fi
 
 for tool in unshare fuse-overlayfs mount umount mountpoint find tar md5sum python3 setpriv; do
