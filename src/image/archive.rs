@@ -16,7 +16,7 @@ use super::digest::HashingReader;
 use super::layer::normalise;
 use super::source::ImageSource;
 use super::spec::{Descriptor, Index, Manifest, RootFs, media_type};
-use super::{Digest, ImageError};
+use super::{Digest, ImageError, parse_json};
 
 /// Symlinks between members (docker save links repeated layers) are followed this deep.
 const MAX_LINK_HOPS: usize = 8;
@@ -400,13 +400,6 @@ impl ImageSource for DockerArchive {
             }),
         }
     }
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ImageError> {
-    serde_json::from_slice(bytes).map_err(|e| ImageError::BadJson {
-        what: what.to_string(),
-        source: e,
-    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use super::source::ImageSource;
+use super::source::{ImageSource, open_blob_file};
 use super::spec::Index;
 use super::{Digest, ImageError};
 
@@ -91,17 +91,6 @@ impl ImageSource for OciLayout {
     }
 
     fn open_blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send + '_>, ImageError> {
-        let path = self.blob_path(digest);
-        match File::open(&path) {
-            Ok(f) => Ok(Box::new(f)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ImageError::MissingBlob {
-                what: format!("blob {digest}"),
-                source_name: self.describe(),
-            }),
-            Err(e) => Err(ImageError::Read {
-                what: path.display().to_string(),
-                source: e,
-            }),
-        }
+        open_blob_file(&self.blob_path(digest), digest, self)
     }
 }

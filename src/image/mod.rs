@@ -125,3 +125,14 @@ pub enum ImageError {
         source: io::Error,
     },
 }
+
+/// Parses a JSON document of the image formats; `what` names it in the error.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, ImageError> {
+    serde_json::from_slice(bytes).map_err(|e| ImageError::BadJson {
+        what: what.to_string(),
+        source: e,
+    })
+}

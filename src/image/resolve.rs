@@ -9,7 +9,7 @@ use std::io::Read;
 use super::digest::{HashingReader, verify};
 use super::source::ImageSource;
 use super::spec::{Compression, Descriptor, ImageConfig, Index, Manifest, Platform, media_type};
-use super::{Digest, ImageError};
+use super::{Digest, ImageError, parse_json};
 
 /// Manifests, indexes and configs are read into memory; a real one is a few KiB.
 const DOCUMENT_LIMIT: u64 = 16 << 20;
@@ -230,13 +230,6 @@ pub fn read_verified(
     })?;
     verify(what, &desc.digest, desc.size, &actual, size)?;
     Ok(bytes)
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ImageError> {
-    serde_json::from_slice(bytes).map_err(|e| ImageError::BadJson {
-        what: what.to_string(),
-        source: e,
-    })
 }
 
 #[cfg(test)]

@@ -9,17 +9,16 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::fsutil::{fsync_dir, rename_noreplace, unique_name};
+use super::fsutil::{fsync_dir, rename_noreplace, unique_name, write_atomic_with};
 use super::images::{ImageDb, ImageRecord};
 use super::staging::Staging;
 use super::{Store, StoreError};
 use crate::image::layout::OciLayout;
 use crate::image::reference::{DEFAULT_TAG, ImageName};
 use crate::image::resolve::{ResolvedImage, resolve};
-use crate::image::source::ImageSource;
+use crate::image::source::{ImageSource, open_blob_file};
 use crate::image::spec::{Index, Platform, media_type};
 use crate::image::writer;
 use crate::image::{Digest, ImageError};
@@ -136,18 +135,7 @@ impl ImageSource for StoredImage<'_> {
     }
 
     fn open_blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send + '_>, ImageError> {
-        let path = self.store.blob_path(digest);
-        match File::open(&path) {
-            Ok(f) => Ok(Box::new(f)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ImageError::MissingBlob {
-                what: format!("blob {digest}"),
-                source_name: self.describe(),
-            }),
-            Err(e) => Err(ImageError::Read {
-                what: path.display().to_string(),
-                source: e,
-            }),
-        }
+        open_blob_file(&self.store.blob_path(digest), digest, self)
     }
 }
 
@@ -222,41 +210,7 @@ fn write_archive(
             reason: "it is a directory; an archive is a file (oci:DIR writes a layout)".into(),
         });
     }
-    write_file_atomic(path, |out| Ok(fill(out)?))
-}
-
-/// Creates `path` atomically with what `fill` writes: a temporary file beside it,
-/// fsynced, renamed over it. Made as other tools' output is: 0666 less the umask.
-fn write_file_atomic(
-    path: &Path,
-    fill: impl FnOnce(&mut BufWriter<File>) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    let name = path
-        .file_name()
-        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
-    let dir = parent_of(path);
-    let tmp = dir.join(format!(".{name}.{}", unique_name("tmp")));
-    let result = (|| {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o666)
-            .open(&tmp)
-            .map_err(|e| StoreError::io("create", &tmp, e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        fill(&mut out)?;
-        let file = out
-            .into_inner()
-            .map_err(|e| StoreError::io("write", &tmp, e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| StoreError::io("sync", &tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| StoreError::io("rename", path, e))?;
-        fsync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    write_atomic_with(path, 0o666, |out| Ok(fill(out)?))
 }
 
 fn parent_of(path: &Path) -> &Path {
@@ -334,7 +288,7 @@ fn fill_layout(
 ) -> Result<(), StoreError> {
     let marker = dir.join("oci-layout");
     if !marker.exists() {
-        write_file_atomic(&marker, |out| {
+        write_atomic_with(&marker, 0o666, |out| {
             out.write_all(writer::OCI_LAYOUT_MARKER)
                 .map_err(|e| StoreError::io("write", &marker, e))
         })?;
@@ -344,7 +298,7 @@ fn fill_layout(
     for (desc, _, _) in image.layers() {
         let path = blobs.join(desc.digest.hex());
         if !has_file_of_size(&path, desc.size) {
-            write_file_atomic(&path, |out| {
+            write_atomic_with(&path, 0o666, |out| {
                 let dest = path.display().to_string();
                 Ok(writer::copy_blob_to(
                     out,
@@ -362,7 +316,7 @@ fn fill_layout(
     ] {
         let path = blobs.join(digest.hex());
         if !has_file_of_size(&path, bytes.len() as u64) {
-            write_file_atomic(&path, |out| {
+            write_atomic_with(&path, 0o666, |out| {
                 out.write_all(bytes)
                     .map_err(|e| StoreError::io("write", &path, e))
             })?;
@@ -377,7 +331,7 @@ fn fill_layout(
     };
     let desc = writer::manifest_descriptor(image, Some(ref_name));
     let index = writer::index_with(existing.as_deref(), &desc)?;
-    write_file_atomic(&index_path, |out| {
+    write_atomic_with(&index_path, 0o666, |out| {
         out.write_all(&index)
             .map_err(|e| StoreError::io("write", &index_path, e))
     })

@@ -2,7 +2,7 @@
 //! of a file, durable renames.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,20 +34,42 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// Replaces `path` with `bytes` atomically and durably: a temporary file in the same
-/// directory, fsynced, renamed over the old one, and the directory fsynced.
+/// Replaces `path` with `bytes` atomically and durably, private to the user.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}", unique_name("tmp")));
+    write_atomic_with(path, 0o600, |out| {
+        out.write_all(bytes)
+            .map_err(|e| StoreError::io("write", path, e))
+    })
+}
+
+/// Creates or replaces `path` with what `fill` writes, atomically and durably: a
+/// temporary file beside it (`.NAME.tmp-*`, created with `mode` less the umask),
+/// fsynced, renamed over it, and the directory fsynced.
+pub fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut BufWriter<File>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = dir.join(format!(".{name}.{}", unique_name("tmp")));
     let result = (|| {
-        let mut file = fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&tmp)
             .map_err(|e| StoreError::io("create", &tmp, e))?;
-        file.write_all(bytes)
-            .map_err(|e| StoreError::io("write", &tmp, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        fill(&mut out)?;
+        let file = out
+            .into_inner()
+            .map_err(|e| StoreError::io("write", &tmp, e.into_error()))?;
         file.sync_all()
             .map_err(|e| StoreError::io("sync", &tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| StoreError::io("rename", path, e))?;
