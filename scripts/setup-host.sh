@@ -24,6 +24,7 @@ packages=(
     util-linux       # setpriv, unshare
     zstd
     bc               # scripts/bench-import.sh
+    docker-registry apache2-utils openssl  # a loopback registry (htpasswd, certs) for tests/registry.rs
 )
 missing=()
 for p in "${packages[@]%% *}"; do

@@ -4,8 +4,10 @@ mod gc;
 mod images;
 mod import;
 mod inspect;
+mod login;
 mod mount;
 mod progress;
+mod pull;
 mod rmi;
 mod save;
 mod tag;
@@ -42,6 +44,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Import(import::Args),
+    Pull(pull::Args),
+    Login(login::Args),
+    Logout(login::LogoutArgs),
     Images(images::Args),
     Inspect(inspect::Args),
     Tag(tag::Args),
@@ -62,6 +67,9 @@ pub fn run() -> i32 {
     };
     let result = match cli.command {
         Command::Import(args) => open_store(cli.root).and_then(|store| import::run(&store, args)),
+        Command::Pull(args) => open_store(cli.root).and_then(|store| pull::run(&store, args)),
+        Command::Login(args) => login::run(args),
+        Command::Logout(args) => login::run_logout(args),
         Command::Images(args) => open_store(cli.root).and_then(|store| images::run(&store, args)),
         Command::Inspect(args) => open_store(cli.root).and_then(|store| inspect::run(&store, args)),
         Command::Tag(args) => open_store(cli.root).and_then(|store| tag::run(&store, args)),

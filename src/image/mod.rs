@@ -7,6 +7,7 @@ pub mod digest;
 pub mod layer;
 pub mod layout;
 pub mod reference;
+pub mod registry;
 pub mod resolve;
 pub mod source;
 pub mod spec;
@@ -117,6 +118,9 @@ pub enum ImageError {
 
     #[error("'{name}' is not a valid image name: {reason}")]
     BadName { name: String, reason: String },
+
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
 
     #[error("cannot write {what}: {source}")]
     Write {

@@ -1,13 +1,15 @@
 //! Image source references as users type them, with skopeo's transport prefixes:
-//! `oci:PATH[:REF]`, `oci-archive:PATH[:REF]`, `docker-archive:PATH[:NAME:TAG]`, or a
-//! bare path whose content says what it is (an OCI layout directory, a docker or OCI
-//! archive, or a plain root filesystem tarball, compressed or not).
+//! `oci:PATH[:REF]`, `oci-archive:PATH[:REF]`, `docker-archive:PATH[:NAME:TAG]`,
+//! `docker://REF` (a registry), or a bare path whose content says what it is (an OCI
+//! layout directory, a docker or OCI archive, or a plain root filesystem tarball,
+//! compressed or not).
 
 use std::path::{Path, PathBuf};
 
 use super::ImageError;
 use super::archive::{DockerArchive, OciArchive, TarIndex};
 use super::layout::OciLayout;
+use super::registry::{ClientOptions, Reference, RegistrySource};
 use super::source::ImageSource;
 use super::spec::Compression;
 use super::tarball::RootfsTarball;
@@ -30,6 +32,9 @@ pub enum SourceRef {
     Tarball {
         path: PathBuf,
     },
+    Registry {
+        reference: Reference,
+    },
 }
 
 /// An opened source, with what it says about the image it holds.
@@ -46,6 +51,10 @@ const NOT_SUPPORTED: &[&str] = &["docker", "dir", "containers-storage", "docker-
 
 impl SourceRef {
     pub fn parse(spec: &str) -> Result<SourceRef, ImageError> {
+        if let Some(rest) = spec.strip_prefix("docker://") {
+            let reference = Reference::parse(rest)?;
+            return Ok(SourceRef::Registry { reference });
+        }
         if let Some(rest) = spec.strip_prefix("oci:") {
             let (path, reference) = split_path_and_ref(rest, Path::is_dir);
             return Ok(SourceRef::OciLayout { path, reference });
@@ -106,6 +115,11 @@ impl SourceRef {
             }
             SourceRef::Tarball { path } => {
                 Ok(opened(Box::new(RootfsTarball::open(path)?), &None, vec![]))
+            }
+            SourceRef::Registry { reference } => {
+                let source = RegistrySource::open(reference, ClientOptions::default(), None)?;
+                let names = reference.image_name().map(|n| n.to_string());
+                Ok(opened(Box::new(source), &None, names.into_iter().collect()))
             }
         }
     }
@@ -219,8 +233,12 @@ mod tests {
             SourceRef::Tarball { path: file.clone() }
         );
         assert!(SourceRef::parse(tmp.path().to_str().unwrap()).is_err());
+        assert!(matches!(
+            SourceRef::parse("docker://busybox").unwrap(),
+            SourceRef::Registry { reference } if reference.repository == "library/busybox"
+        ));
         assert!(
-            SourceRef::parse("docker://busybox")
+            SourceRef::parse("containers-storage:x")
                 .unwrap_err()
                 .to_string()
                 .contains("not supported yet")

@@ -1,0 +1,218 @@
+//! A registry as an `ImageSource`: its index is the one document the reference names
+//! (an image manifest, or an index of them), and blobs stream from `/blobs/`.
+//! Manifests are kept in memory once fetched, so that resolve's reads of them (to
+//! verify and descend) cost no second request.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Cursor, Read};
+use std::sync::Mutex;
+
+use super::client::{Client, ClientOptions, MANIFEST_ACCEPT, error_detail, manifest_media_type};
+use super::{Reference, RegistryError};
+use crate::image::source::ImageSource;
+use crate::image::spec::{Descriptor, Index, Platform, media_type};
+use crate::image::{Digest, ImageError};
+
+/// Manifests and indexes are read into memory; a real one is a few KiB.
+const MANIFEST_LIMIT: u64 = 4 << 20;
+
+pub struct RegistrySource {
+    client: Client,
+    reference: Reference,
+    top: Descriptor,
+    /// Manifests fetched so far, by digest.
+    manifests: Mutex<HashMap<Digest, Vec<u8>>>,
+    /// Digests that indexes named: fetched from `/manifests/`, not `/blobs/`.
+    manifest_digests: Mutex<HashSet<Digest>>,
+}
+
+impl RegistrySource {
+    /// Connects and fetches the manifest the reference names. With `platform`, an
+    /// index is resolved here to that platform's manifest (import otherwise picks the
+    /// host's).
+    pub fn open(
+        reference: &Reference,
+        options: ClientOptions,
+        platform: Option<&Platform>,
+    ) -> Result<RegistrySource, RegistryError> {
+        let client = Client::connect(reference, options)?;
+        let mut source = RegistrySource {
+            client,
+            reference: reference.clone(),
+            top: placeholder(),
+            manifests: Mutex::new(HashMap::new()),
+            manifest_digests: Mutex::new(HashSet::new()),
+        };
+        let wanted = reference.manifest_reference();
+        let (mut top, _) = source.fetch_manifest(&wanted, reference.digest.as_ref())?;
+        if let Some(p) = platform
+            && is_index(&top.media_type)
+        {
+            top = source.pick_platform(&top, p)?;
+        }
+        source.top = top;
+        Ok(source)
+    }
+
+    /// GETs one manifest by tag or digest, checks it against `expected`, and keeps it.
+    fn fetch_manifest(
+        &self,
+        reference: &str,
+        expected: Option<&Digest>,
+    ) -> Result<(Descriptor, Vec<u8>), RegistryError> {
+        let what = format!("manifest {reference}");
+        let response = self
+            .client
+            .get(&format!("manifests/{reference}"), Some(MANIFEST_ACCEPT))?;
+        match response.status().as_u16() {
+            200 => {}
+            404 => {
+                return Err(RegistryError::ManifestUnknown {
+                    host: self.client.host().to_string(),
+                    repository: self.client.repository().to_string(),
+                    reference: reference.to_string(),
+                    detail: error_detail(response),
+                });
+            }
+            _ => return Err(self.client.status_error(response, &what)),
+        }
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = Vec::new();
+        response
+            .into_body()
+            .into_reader()
+            .take(MANIFEST_LIMIT + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| self.transfer_error(&what, e))?;
+        if body.len() as u64 > MANIFEST_LIMIT {
+            return Err(self.transfer_error(
+                &what,
+                format!("larger than {MANIFEST_LIMIT} bytes: not a manifest"),
+            ));
+        }
+        let digest = Digest::of(&body);
+        // A tag may move; a digest may not. What the user pinned must be what came.
+        if let Some(e) = expected
+            && *e != digest
+        {
+            return Err(self.transfer_error(
+                &what,
+                format!("digest mismatch: asked for {e}, the content is {digest}"),
+            ));
+        }
+        let media_type = manifest_media_type(content_type.as_deref(), &body)
+            .ok_or_else(|| self.transfer_error(&what, "the answer says not what it is"))?;
+        if is_index(&media_type)
+            && let Ok(index) = serde_json::from_slice::<Index>(&body)
+        {
+            let mut known = self.manifest_digests.lock().unwrap();
+            known.extend(index.manifests.iter().map(|d| d.digest.clone()));
+        }
+        let desc = Descriptor {
+            media_type,
+            digest: digest.clone(),
+            size: body.len() as u64,
+            annotations: Default::default(),
+            platform: None,
+        };
+        self.manifests.lock().unwrap().insert(digest, body.clone());
+        Ok((desc, body))
+    }
+
+    /// The descriptor of `index`'s manifest for `platform` (one level; resolve
+    /// descends further if that is an index again).
+    fn pick_platform(
+        &self,
+        index: &Descriptor,
+        platform: &Platform,
+    ) -> Result<Descriptor, RegistryError> {
+        let body = self.manifests.lock().unwrap()[&index.digest].clone();
+        let parsed: Index = serde_json::from_slice(&body)
+            .map_err(|e| self.transfer_error("index", e.to_string()))?;
+        let offered: Vec<String> = parsed
+            .manifests
+            .iter()
+            .filter_map(|d| d.platform.as_ref())
+            .map(|p| format!("{}/{}", p.os, p.architecture))
+            .collect();
+        parsed
+            .manifests
+            .into_iter()
+            .find(|d| d.platform.as_ref().is_some_and(|p| p.runs_on(platform)))
+            .ok_or_else(|| RegistryError::ManifestUnknown {
+                host: self.client.host().to_string(),
+                repository: self.client.repository().to_string(),
+                reference: format!(
+                    "{} for {}/{}",
+                    self.reference, platform.os, platform.architecture
+                ),
+                detail: format!("; it offers {}", offered.join(", ")),
+            })
+    }
+
+    fn transfer_error(&self, what: &str, reason: impl ToString) -> RegistryError {
+        RegistryError::Transfer {
+            host: self.client.host().to_string(),
+            what: what.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+}
+
+impl ImageSource for RegistrySource {
+    fn describe(&self) -> String {
+        format!("registry image {}", self.reference)
+    }
+
+    fn index(&self) -> Result<Index, ImageError> {
+        Ok(Index {
+            schema_version: 2,
+            media_type: Some(media_type::OCI_INDEX.to_string()),
+            manifests: vec![self.top.clone()],
+            annotations: Default::default(),
+        })
+    }
+
+    fn open_blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send + '_>, ImageError> {
+        if let Some(body) = self.manifests.lock().unwrap().get(digest) {
+            return Ok(Box::new(Cursor::new(body.clone())));
+        }
+        if self.manifest_digests.lock().unwrap().contains(digest) {
+            let (_, body) = self.fetch_manifest(&digest.to_string(), Some(digest))?;
+            return Ok(Box::new(Cursor::new(body)));
+        }
+        let what = format!("blob {digest}");
+        let response = self.client.get(&format!("blobs/{digest}"), None)?;
+        match response.status().as_u16() {
+            200 => Ok(Box::new(response.into_body().into_reader())),
+            404 => Err(ImageError::MissingBlob {
+                what,
+                source_name: self.describe(),
+            }),
+            _ => Err(self.client.status_error(response, &what).into()),
+        }
+    }
+}
+
+fn is_index(mt: &str) -> bool {
+    mt == media_type::OCI_INDEX || mt == media_type::DOCKER_MANIFEST_LIST
+}
+
+/// Stands in for the top descriptor until the first fetch fills it.
+fn placeholder() -> Descriptor {
+    Descriptor {
+        media_type: String::new(),
+        digest: Digest::of(b""),
+        size: 0,
+        annotations: Default::default(),
+        platform: None,
+    }
+}
