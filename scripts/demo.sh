@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's first command: set up this machine, build strata, make the default
-# image (busybox, built here from Debian's busybox-static), and run strata's main job
-# as an unprivileged user.
+# image (busybox, built here from Debian's busybox-static), and, as an unprivileged
+# user, import it, list it, and mount it with strata's union filesystem.
 #
 #   sudo scripts/demo.sh
 set -euo pipefail
@@ -34,3 +34,9 @@ install -d -m 0755 "$work"
 as_user python3 "$bindir/make-default-image.py" "$work/busybox-oci"
 as_user env STRATA_ROOT="$work/store" "$bindir/strata" import "oci:$work/busybox-oci:latest" busybox:latest
 as_user env STRATA_ROOT="$work/store" "$bindir/strata" images
+# The image through strata's FUSE union filesystem, in a user and mount namespace of
+# the user's own (the mount goes with it): its busybox runs from the mount.
+as_user env STRATA_ROOT="$work/store" unshare -Urm sh -c "
+    mkdir -p '$work/mnt' && '$bindir/strata' mount busybox '$work/mnt' &&
+    ls -l '$work/mnt/bin/busybox' && '$work/mnt/bin/busybox' echo 'busybox ran from the strata mount' &&
+    '$bindir/strata' umount '$work/mnt'"
