@@ -88,6 +88,9 @@ pub enum ImageError {
     )]
     UnsupportedTransport(String),
 
+    #[error("platform '{0}' is not OS/ARCH[/VARIANT] (for example linux/arm64)")]
+    BadPlatform(String),
+
     #[error("'{path}' is not a usable image archive: {reason}")]
     BadArchive { path: PathBuf, reason: String },
 

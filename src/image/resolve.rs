@@ -130,11 +130,17 @@ fn pick_from_index<'a>(
             match fitting.as_slice() {
                 [one] => Ok(one),
                 [] if many.iter().any(|d| d.platform.is_some()) => {
+                    let offered: Vec<String> = many
+                        .iter()
+                        .filter_map(|d| d.platform.as_ref())
+                        .map(|p| format!("{}/{}", p.os, p.architecture))
+                        .collect();
                     Err(ImageError::NoManifest(format!(
-                        "{} has no image for this host's platform {}/{}",
+                        "{} has no image for {}/{} (it offers {}); choose one with --platform",
                         source.describe(),
                         platform.os,
-                        platform.architecture
+                        platform.architecture,
+                        offered.join(", ")
                     )))
                 }
                 _ => Err(ImageError::NoManifest(format!(
@@ -370,7 +376,7 @@ mod tests {
         );
         let err = resolve(&src, None, &host("s390x")).unwrap_err().to_string();
         assert!(
-            err.contains("no image for this host's platform linux/s390x"),
+            err.contains("no image for linux/s390x (it offers linux/amd64, linux/arm64)"),
             "{err}"
         );
     }

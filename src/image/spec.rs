@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::ImageError;
 use super::digest::Digest;
 
 pub mod media_type {
@@ -96,6 +97,22 @@ impl Platform {
             architecture: architecture.to_string(),
             os: "linux".to_string(),
             variant,
+        }
+    }
+
+    /// Parses "os/arch[/variant]", as podman's --platform takes it.
+    pub fn parse(text: &str) -> Result<Platform, ImageError> {
+        let parts: Vec<&str> = text.split('/').collect();
+        match parts.as_slice() {
+            [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: parts
+                    .get(2)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.to_string()),
+            }),
+            _ => Err(ImageError::BadPlatform(text.to_string())),
         }
     }
 

@@ -88,8 +88,9 @@ impl SourceRef {
         })
     }
 
-    /// Opens the source.
-    pub fn open(&self) -> Result<OpenedSource, ImageError> {
+    /// Opens the source. `tls_verify` matters to registries: off, a registry on this
+    /// machine may also be reached over plain HTTP.
+    pub fn open(&self, tls_verify: bool) -> Result<OpenedSource, ImageError> {
         let opened = |source: Box<dyn ImageSource>,
                       reference: &Option<String>,
                       names: Vec<String>| OpenedSource {
@@ -117,7 +118,11 @@ impl SourceRef {
                 Ok(opened(Box::new(RootfsTarball::open(path)?), &None, vec![]))
             }
             SourceRef::Registry { reference } => {
-                let source = RegistrySource::open(reference, ClientOptions::default(), None)?;
+                let options = ClientOptions {
+                    tls_verify,
+                    ..ClientOptions::default()
+                };
+                let source = RegistrySource::open(reference, options)?;
                 let names = reference.image_name().map(|n| n.to_string());
                 Ok(opened(Box::new(source), &None, names.into_iter().collect()))
             }

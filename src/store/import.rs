@@ -51,6 +51,8 @@ pub struct ImportRequest<'a> {
     /// RepoTags); else the source's ref name when it is a full reference.
     pub name: Option<ImageName>,
     pub source_names: &'a [String],
+    /// Whose image to take from a multi-platform index; the host's by default.
+    pub platform: Option<Platform>,
     pub progress: &'a dyn Progress,
 }
 
@@ -67,7 +69,8 @@ pub fn import(
     source: &dyn ImageSource,
     request: &ImportRequest<'_>,
 ) -> Result<ImportOutcome, StoreError> {
-    let image = resolve(source, request.source_ref, &Platform::host())?;
+    let platform = request.platform.clone().unwrap_or_else(Platform::host);
+    let image = resolve(source, request.source_ref, &platform)?;
     let names = choose_names(&image, request);
     let staging = Staging::new(&store.tmp_dir(), "import")?;
     let staged_blobs = staging.path().join("blobs");

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use super::client::{Client, ClientOptions, MANIFEST_ACCEPT, error_detail, manifest_media_type};
 use super::{Reference, RegistryError};
 use crate::image::source::ImageSource;
-use crate::image::spec::{Descriptor, Index, Platform, media_type};
+use crate::image::spec::{Descriptor, Index, media_type};
 use crate::image::{Digest, ImageError};
 
 /// Manifests and indexes are read into memory; a real one is a few KiB.
@@ -27,13 +27,11 @@ pub struct RegistrySource {
 }
 
 impl RegistrySource {
-    /// Connects and fetches the manifest the reference names. With `platform`, an
-    /// index is resolved here to that platform's manifest (import otherwise picks the
-    /// host's).
+    /// Connects and fetches the manifest (or index) the reference names; import's
+    /// resolve picks from an index by platform, as for every other source.
     pub fn open(
         reference: &Reference,
         options: ClientOptions,
-        platform: Option<&Platform>,
     ) -> Result<RegistrySource, RegistryError> {
         let client = Client::connect(reference, options)?;
         let mut source = RegistrySource {
@@ -44,12 +42,7 @@ impl RegistrySource {
             manifest_digests: Mutex::new(HashSet::new()),
         };
         let wanted = reference.manifest_reference();
-        let (mut top, _) = source.fetch_manifest(&wanted, reference.digest.as_ref())?;
-        if let Some(p) = platform
-            && is_index(&top.media_type)
-        {
-            top = source.pick_platform(&top, p)?;
-        }
+        let (top, _) = source.fetch_manifest(&wanted, reference.digest.as_ref())?;
         source.top = top;
         Ok(source)
     }
@@ -121,37 +114,6 @@ impl RegistrySource {
         };
         self.manifests.lock().unwrap().insert(digest, body.clone());
         Ok((desc, body))
-    }
-
-    /// The descriptor of `index`'s manifest for `platform` (one level; resolve
-    /// descends further if that is an index again).
-    fn pick_platform(
-        &self,
-        index: &Descriptor,
-        platform: &Platform,
-    ) -> Result<Descriptor, RegistryError> {
-        let body = self.manifests.lock().unwrap()[&index.digest].clone();
-        let parsed: Index = serde_json::from_slice(&body)
-            .map_err(|e| self.transfer_error("index", e.to_string()))?;
-        let offered: Vec<String> = parsed
-            .manifests
-            .iter()
-            .filter_map(|d| d.platform.as_ref())
-            .map(|p| format!("{}/{}", p.os, p.architecture))
-            .collect();
-        parsed
-            .manifests
-            .into_iter()
-            .find(|d| d.platform.as_ref().is_some_and(|p| p.runs_on(platform)))
-            .ok_or_else(|| RegistryError::ManifestUnknown {
-                host: self.client.host().to_string(),
-                repository: self.client.repository().to_string(),
-                reference: format!(
-                    "{} for {}/{}",
-                    self.reference, platform.os, platform.architecture
-                ),
-                detail: format!("; it offers {}", offered.join(", ")),
-            })
     }
 
     fn transfer_error(&self, what: &str, reason: impl ToString) -> RegistryError {
