@@ -130,6 +130,25 @@ impl Registry {
             .filter(|l| digests.iter().any(|d| l.contains(&format!("/blobs/{d}"))))
             .count()
     }
+
+    /// How many blob uploads carried data (PUTs under /blobs/uploads/).
+    fn blob_puts(&self) -> usize {
+        let text = fs::read_to_string(&self.log).unwrap_or_default()
+            + &fs::read_to_string(self.log.with_file_name("registry.err")).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("\"PUT /v2/") && l.contains("/blobs/uploads/"))
+            .count()
+    }
+
+    /// How many blob uploads (POSTs and PUTs under /blobs/uploads/) it has served.
+    fn blob_uploads(&self) -> usize {
+        let text = fs::read_to_string(&self.log).unwrap_or_default()
+            + &fs::read_to_string(self.log.with_file_name("registry.err")).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("\"POST /v2/") || l.contains("\"PUT /v2/"))
+            .filter(|l| l.contains("/blobs/uploads/"))
+            .count()
+    }
 }
 
 impl Drop for Registry {
@@ -531,4 +550,130 @@ fn a_multi_platform_index_gives_the_hosts_image_or_the_one_asked_for() {
         &reference,
     ]);
     assert_fails(&out, 1, "for linux/mips64le");
+}
+
+#[test]
+fn push_then_skopeo_inspect_and_pull_back_and_a_second_push_uploads_nothing() {
+    let env = TestEnv::new("reg-push");
+    let registry = Registry::start(&env, Kind::Plain);
+    let written = sample(8).write(&env.path("layout"));
+    let host = registry.host();
+    let own = format!("{host}/org/own:v2");
+    let id = env.import(&written.source(), Some(&own));
+    assert_eq!(id, written.config_hex);
+    let manifest = format!("sha256:{}", written.manifest_hex);
+
+    let out = env.strata(&[
+        "push",
+        "--tls-verify=false",
+        &own,
+        &format!("docker://{host}/org/app:v1"),
+    ]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out).trim(), manifest);
+    assert!(
+        stderr(&out).contains("blobs uploaded 3, mounted 0, already there 0"),
+        "{}",
+        describe(&out)
+    );
+    // Two layers and the config, each one POST and one PUT.
+    let uploads = registry.blob_uploads();
+    assert_eq!(
+        uploads, 6,
+        "the registry's log shows {uploads} upload requests"
+    );
+    assert_eq!(manifest_digest(&registry, "org/app", "v1"), manifest);
+
+    // What strata pushed, pulled into a fresh store: the same image.
+    let other = TestEnv::new("reg-push-pull");
+    let out = other.strata(&["pull", "--tls-verify=false", &format!("{host}/org/app:v1")]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out).trim(), written.config_hex);
+
+    // Again: HEAD finds every blob, none is sent.
+    let out = env.strata(&[
+        "push",
+        "--tls-verify=false",
+        "-q",
+        &own,
+        &format!("{host}/org/app:v1"),
+    ]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out).trim(), manifest);
+    assert!(stderr(&out).is_empty(), "{}", describe(&out));
+    assert_eq!(
+        registry.blob_uploads(),
+        uploads,
+        "a second push uploaded blobs"
+    );
+
+    // No REF: the image's own name, another repository. Named after org/app too,
+    // the image's blobs are mounted from there, not sent again.
+    assert_ok(&env.strata(&["tag", &own, &format!("{host}/org/app:v1")]));
+    let puts = registry.blob_puts();
+    let out = env.strata(&["push", "--tls-verify=false", &own]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out).trim(), manifest);
+    assert!(
+        stderr(&out).contains(&format!(
+            "pushed {own}: blobs uploaded 0, mounted 3, already there 0"
+        )),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(registry.blob_puts(), puts, "a mounted blob was uploaded");
+    assert_eq!(manifest_digest(&registry, "org/own", "v2"), manifest);
+}
+
+#[test]
+fn push_without_credentials_is_refused_and_an_unknown_image_exits_1() {
+    let env = TestEnv::new("reg-push-auth");
+    let registry = Registry::start(&env, Kind::Auth);
+    let written = sample(9).write(&env.path("layout"));
+    env.import(&written.source(), Some("app:v1"));
+    let reference = format!("{}/org/app:v1", registry.host());
+    let runtime = env.mkdir("run");
+    let push = |image: &str| {
+        env.strata_cmd(&["push", "--tls-verify=false", image, &reference])
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .output()
+            .expect("run strata")
+    };
+
+    assert_fails(
+        &push("app:v1"),
+        1,
+        "authentication required to push to org/app",
+    );
+    assert_eq!(registry.blob_uploads(), 0);
+    assert_fails(&push("nosuch:v1"), 1, "not found");
+    let out = env.strata(&["push", "app:v1"]);
+    assert_fails(&out, 1, "names no registry");
+
+    // A store that lacks a layer's blob (as older ones did) says so.
+    let blob = env
+        .root
+        .join("blobs/sha256")
+        .join(sample(9).layers[0].digest_hex());
+    let kept = fs::read(&blob).unwrap();
+    fs::remove_file(&blob).unwrap();
+    assert_fails(&push("app:v1"), 1, "is not in the store");
+    fs::write(&blob, kept).unwrap();
+    give_to_user(&blob);
+
+    let dir = runtime.join("containers");
+    fs::create_dir_all(&dir).unwrap();
+    let auth = base64_encode(format!("{USER}:{PASSWORD}").as_bytes());
+    let text = format!(
+        r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
+        registry.host()
+    );
+    fs::write(dir.join("auth.json"), text).unwrap();
+    give_to_user(&runtime);
+    let out = push("app:v1");
+    assert_ok(&out);
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("sha256:{}", written.manifest_hex)
+    );
 }

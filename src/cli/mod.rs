@@ -8,6 +8,7 @@ mod login;
 mod mount;
 mod progress;
 mod pull;
+mod push;
 mod rmi;
 mod save;
 mod tag;
@@ -45,6 +46,7 @@ struct Cli {
 enum Command {
     Import(import::Args),
     Pull(pull::Args),
+    Push(push::Args),
     Login(login::Args),
     Logout(login::LogoutArgs),
     Images(images::Args),
@@ -68,6 +70,7 @@ pub fn run() -> i32 {
     let result = match cli.command {
         Command::Import(args) => open_store(cli.root).and_then(|store| import::run(&store, args)),
         Command::Pull(args) => open_store(cli.root).and_then(|store| pull::run(&store, args)),
+        Command::Push(args) => open_store(cli.root).and_then(|store| push::run(&store, args)),
         Command::Login(args) => login::run(args),
         Command::Logout(args) => login::run_logout(args),
         Command::Images(args) => open_store(cli.root).and_then(|store| images::run(&store, args)),

@@ -156,6 +156,20 @@ pub fn load(store: &Store, record: &ImageRecord) -> Result<ResolvedImage, StoreE
     )?)
 }
 
+/// Runs `read` on the image `wanted`: its record, its verified manifest and config,
+/// and the source of its blobs (for `push`). Meanwhile gc and rmi leave its blobs be,
+/// as for `save`.
+pub fn with_image<T, E: From<StoreError>>(
+    store: &Store,
+    wanted: &str,
+    read: impl FnOnce(&ImageRecord, &ResolvedImage, &StoredImage<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    let _reading = Staging::new(&store.tmp_dir(), "read")?;
+    let record = store.images().load()?.find(wanted)?.clone();
+    let image = load(store, &record)?;
+    read(&record, &image, &StoredImage::new(store, &record))
+}
+
 /// Writes the image `wanted` to `dest`. The ref (or docker's RepoTags) defaults to
 /// what the user named the image by, else its names, else "latest".
 pub fn save(store: &Store, wanted: &str, dest: &Destination) -> Result<(), StoreError> {

@@ -53,11 +53,30 @@ pub struct Client {
     credentials: Option<Credentials>,
     /// The `Authorization` value in force, shared by the parallel layer downloads.
     authorization: Mutex<Option<String>>,
+    /// What a token is asked to allow on the repository: "pull", or "pull,push".
+    actions: &'static str,
 }
 
 impl Client {
     /// Finds the registry's API (`GET /v2/`) and authenticates if it asks to.
     pub fn connect(reference: &Reference, options: ClientOptions) -> Result<Client, RegistryError> {
+        Client::connect_with(reference, options, "pull")
+    }
+
+    /// As `connect`, for a push: tokens are asked for the right to push too, since a
+    /// pull-only token would be refused at the first upload.
+    pub fn connect_for_push(
+        reference: &Reference,
+        options: ClientOptions,
+    ) -> Result<Client, RegistryError> {
+        Client::connect_with(reference, options, "pull,push")
+    }
+
+    fn connect_with(
+        reference: &Reference,
+        options: ClientOptions,
+        actions: &'static str,
+    ) -> Result<Client, RegistryError> {
         let host = reference.api_host().to_string();
         let credentials = match options.credentials {
             Some(c) => Some(c),
@@ -81,6 +100,7 @@ impl Client {
                         repository: reference.repository.clone(),
                         credentials,
                         authorization: Mutex::new(None),
+                        actions,
                     };
                     if ping.status() == 401 {
                         client.authorize(&ping)?;
@@ -114,6 +134,48 @@ impl Client {
             return Err(self.auth_refused());
         }
         Ok(response)
+    }
+
+    /// Sends a request that `send` builds with the `Authorization` value it is
+    /// given, answering one authentication challenge by building and sending it
+    /// again (so a streamed body is opened afresh). Any status but 401 is returned.
+    pub fn with_auth(
+        &self,
+        what: &str,
+        send: impl Fn(Option<&str>) -> Result<Response<Body>, ureq::Error>,
+    ) -> Result<Response<Body>, RegistryError> {
+        let attempt = || {
+            let auth = self.authorization.lock().unwrap().clone();
+            send(auth.as_deref()).map_err(|e| RegistryError::Transfer {
+                host: self.host.clone(),
+                what: what.to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let response = attempt()?;
+        if response.status() != 401 {
+            return Ok(response);
+        }
+        self.authorize(&response)?;
+        let response = attempt()?;
+        if response.status() == 401 {
+            return Err(self.auth_refused());
+        }
+        Ok(response)
+    }
+
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// `https://host:port` (or `http://`), where the API answered.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The URL of `/v2/<repository>/<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.base, self.repository)
     }
 
     /// Checks that the registry accepts the credentials (what `strata login` does).
@@ -181,7 +243,10 @@ impl Client {
         let mut request = self.agent.get(realm);
         // A login checks the account alone: it asks for no repository's scope.
         if !self.repository.is_empty() {
-            request = request.query("scope", format!("repository:{}:pull", self.repository));
+            request = request.query(
+                "scope",
+                format!("repository:{}:{}", self.repository, self.actions),
+            );
         }
         if let Some(service) = param("service") {
             request = request.query("service", service);
@@ -212,6 +277,11 @@ impl Client {
             },
             None => RegistryError::AuthRequired {
                 host: self.host.clone(),
+                action: if self.actions.contains("push") {
+                    "push to"
+                } else {
+                    "pull"
+                },
                 repository: self.repository.clone(),
             },
         }

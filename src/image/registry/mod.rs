@@ -1,13 +1,17 @@
 //! Pulling from a registry over the OCI distribution API. A registry is one more
 //! `ImageSource`: resolve and import verify what it serves exactly as they verify a
 //! layout on disk, so nothing here has to be trusted beyond "the bytes came back".
+//! Pushing (`push`) sends any `ImageSource`'s image the other way.
 
 pub mod client;
 pub mod credentials;
+pub mod push;
 pub mod reference;
 pub mod source;
 
 use thiserror::Error;
+
+use super::ImageError;
 
 pub use client::{Client, ClientOptions};
 pub use reference::Reference;
@@ -25,9 +29,13 @@ pub enum RegistryError {
     Unreachable { host: String, reason: String },
 
     #[error(
-        "{host}: authentication required to pull {repository}; log in with 'strata login {host}' (or put credentials in ~/.config/containers/auth.json)"
+        "{host}: authentication required to {action} {repository}; log in with 'strata login {host}' (or put credentials in ~/.config/containers/auth.json)"
     )]
-    AuthRequired { host: String, repository: String },
+    AuthRequired {
+        host: String,
+        action: &'static str,
+        repository: String,
+    },
 
     #[error(
         "{host}: the credentials for {user} were refused (wrong user name or password); log in again with 'strata login {host}'"
@@ -84,6 +92,23 @@ pub enum RegistryError {
         what: String,
         reason: String,
     },
+
+    #[error(
+        "{host}: the registry stored the manifest of {repository} as {returned}, but strata's is {expected}; the registry changed it, so the image there is not the one pushed"
+    )]
+    ManifestChanged {
+        host: String,
+        repository: String,
+        expected: String,
+        returned: String,
+    },
+
+    #[error("{host}: the registry gave no upload location for {what}")]
+    NoUploadLocation { host: String, what: String },
+
+    /// The image being pushed could not be read.
+    #[error(transparent)]
+    Local(Box<ImageError>),
 
     #[error("credentials file {path}: {reason}")]
     BadAuthFile { path: String, reason: String },
