@@ -7,10 +7,13 @@
 mod support;
 
 use std::fs;
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read as _, Write as _};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use support::*;
 
@@ -676,4 +679,68 @@ fn push_without_credentials_is_refused_and_an_unknown_image_exits_1() {
         stdout(&out).trim(),
         format!("sha256:{}", written.manifest_hex)
     );
+}
+
+/// Relays 127.0.0.1:PORT to the registry, and cuts the first response stream that
+/// has carried more than `cut_after` bytes: a dropped connection mid-download.
+/// Returns the port and a flag that says the cut happened.
+fn flaky_proxy(target: u16, cut_after: u64) -> (u16, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut_flag = cut.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                return;
+            };
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_read, &mut s_write);
+                let _ = s_write.shutdown(Shutdown::Write);
+            });
+            let cut = cut_flag.clone();
+            std::thread::spawn(move || relay_and_maybe_cut(server, client, cut_after, &cut));
+        }
+    });
+    (port, cut)
+}
+
+fn relay_and_maybe_cut(mut from: TcpStream, mut to: TcpStream, cut_after: u64, cut: &AtomicBool) {
+    let mut buf = [0u8; 16 << 10];
+    let mut relayed = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        relayed += n as u64;
+        if relayed > cut_after && !cut.swap(true, Ordering::SeqCst) {
+            let _ = to.shutdown(Shutdown::Both);
+            let _ = from.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+#[test]
+fn a_download_whose_connection_drops_resumes_where_it_broke_off() {
+    let env = TestEnv::new("reg-resume");
+    let registry = Registry::start(&env, Kind::Plain);
+    let written = sample(11).write(&env.path("layout"));
+    registry.push(&written.path(), "org/app", "v1");
+    // The big layer (~300 kB of random data) is cut a third of the way through.
+    let (port, cut) = flaky_proxy(registry.port, 100_000);
+    let reference = format!("127.0.0.1:{port}/org/app:v1");
+    let out = env.strata(&["pull", "--tls-verify=false", &reference]);
+    assert!(cut.load(Ordering::SeqCst), "the proxy never cut a download");
+    assert_ok(&out);
+    assert_eq!(stdout(&out).trim(), written.config_hex);
+    assert_tmp_empty(&env.root);
 }

@@ -164,6 +164,20 @@ impl Client {
         Ok(response)
     }
 
+    /// GETs `/v2/<repository>/<path>` from byte `offset` on (a Range request), for
+    /// resuming a download. The caller checks for 206 (or 200: no ranges here).
+    pub fn get_from(&self, path: &str, offset: u64) -> Result<Response<Body>, RegistryError> {
+        let url = self.url(path);
+        let range = format!("bytes={offset}-");
+        self.with_auth(path, |auth| {
+            let mut request = self.agent.get(&url).header("Range", &range);
+            if let Some(a) = auth {
+                request = request.header("Authorization", a);
+            }
+            request.call()
+        })
+    }
+
     pub fn agent(&self) -> &Agent {
         &self.agent
     }

@@ -4,7 +4,7 @@
 //! verify and descend) cost no second request.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Cursor, Read};
+use std::io::{self, Cursor, Read};
 use std::sync::Mutex;
 
 use super::client::{Client, ClientOptions, MANIFEST_ACCEPT, error_detail, manifest_media_type};
@@ -154,7 +154,14 @@ impl ImageSource for RegistrySource {
         let what = format!("blob {digest}");
         let response = self.client.get(&format!("blobs/{digest}"), None)?;
         match response.status().as_u16() {
-            200 => Ok(Box::new(response.into_body().into_reader())),
+            200 => Ok(Box::new(ResumingReader {
+                client: &self.client,
+                path: format!("blobs/{digest}"),
+                expected: content_length(&response),
+                body: Box::new(response.into_body().into_reader()),
+                offset: 0,
+                resumes: 0,
+            })),
             404 => Err(ImageError::MissingBlob {
                 what,
                 source_name: self.describe(),
@@ -162,6 +169,85 @@ impl ImageSource for RegistrySource {
             _ => Err(self.client.status_error(response, &what).into()),
         }
     }
+}
+
+/// How often one blob's download may be resumed after its connection dropped.
+const MAX_RESUMES: u32 = 5;
+
+/// A blob download that, when the connection drops, asks again from where it broke
+/// off (a Range request) instead of starting over. What it yields is verified by
+/// import against the digest all the same.
+struct ResumingReader<'a> {
+    client: &'a Client,
+    path: String,
+    /// The whole blob's length, when the registry said: a stream that ends before
+    /// it was cut, not finished.
+    expected: Option<u64>,
+    body: Box<dyn Read + Send + 'a>,
+    offset: u64,
+    resumes: u32,
+}
+
+impl ResumingReader<'_> {
+    fn resume(&mut self, cause: io::Error) -> io::Result<()> {
+        if self.resumes >= MAX_RESUMES {
+            return Err(cause);
+        }
+        self.resumes += 1;
+        std::thread::sleep(std::time::Duration::from_millis(
+            200 * u64::from(self.resumes),
+        ));
+        let response = self
+            .client
+            .get_from(&self.path, self.offset)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        match response.status().as_u16() {
+            206 => self.body = Box::new(response.into_body().into_reader()),
+            // The registry ignored the range: skip what we have already.
+            200 => {
+                let mut body = response.into_body().into_reader();
+                io::copy(&mut (&mut body).take(self.offset), &mut io::sink())?;
+                self.body = Box::new(body);
+            }
+            status => {
+                return Err(io::Error::other(format!(
+                    "{cause}; resuming got HTTP {status}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for ResumingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.body.read(buf) {
+                Ok(0) if self.expected.is_some_and(|len| self.offset < len) => {
+                    self.resume(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the connection closed mid-blob",
+                    ))?
+                }
+                Ok(n) => {
+                    self.offset += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => self.resume(e)?,
+            }
+        }
+    }
+}
+
+fn content_length<B>(response: &ureq::http::Response<B>) -> Option<u64> {
+    response
+        .headers()
+        .get("content-length")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn is_index(mt: &str) -> bool {
