@@ -4,6 +4,7 @@
 pub mod fs;
 pub mod idmap;
 pub mod mount;
+pub mod upper;
 pub mod view;
 
 use std::io;

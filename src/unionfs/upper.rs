@@ -1,0 +1,1178 @@
+//! The writable layer on disk: an upper directory and a work directory beside it.
+//!
+//! Nothing here knows about FUSE: these are the on-disk operations the filesystem will
+//! call. The formats are those kernel overlayfs (mounted with `userxattr`) and
+//! fuse-overlayfs read, so an upper strata wrote can be mounted by either:
+//!
+//! - **Whiteout**: a character device 0/0 with the deleted name. An unprivileged
+//!   process may mknod a 0/0 device (Linux ≥ 5.8). Only if mknod says EPERM do we fall
+//!   back to an empty regular file `.wh.NAME` (the OCI tar form, which fuse-overlayfs
+//!   also reads but kernel overlayfs does not); [`Whiteout`] says which was made.
+//! - **Opaque directory**: xattr `user.overlay.opaque` = `y`. When reading, any of
+//!   `trusted.overlay.opaque`, `user.overlay.opaque` and `user.fuseoverlayfs.opaque`
+//!   equal to `y` makes a directory opaque.
+//! - **Owner and mode the host cannot store**: xattr `user.containers.override_stat`
+//!   = `UID:GID:MODE`, uid and gid in decimal, mode the permission bits (setuid,
+//!   setgid, sticky included) in octal with a leading 0, e.g. `0:0:0755`.
+//!   fuse-overlayfs reads it with `sscanf(buf, "%d:%d:%o")` and replaces the permission
+//!   bits of the real st_mode, keeping the real file type
+//!   (containers/fuse-overlayfs, utils.c, `override_mode`). It has no type or rdev, so
+//!   for a node the host cannot make (a block or char device other than 0/0) we append
+//!   a fourth field, `:block-MAJ-MIN`, `:char-MAJ-MIN`, `:pipe`, `:socket`, ... as
+//!   containers/storage writes it; readers that know three fields stop before it.
+//!   We write it only when the owner is not the daemon's own, or the type needs it.
+//!
+//! Every path is relative to the upper (`"a/b/c"`, `""` for the root). The parent is
+//! opened with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS |
+//! RESOLVE_NO_XDEV) from the upper's descriptor, and the last component is used with
+//! the *at() calls and AT_SYMLINK_NOFOLLOW / O_NOFOLLOW, so a symlink anywhere in the
+//! path fails the operation (ELOOP or EXDEV) instead of leading out of the upper.
+//!
+//! Copy-up builds the new node in work/ (an O_TMPFILE when the filesystem has them,
+//! else a `#strata-PID-N` name), sets data, xattrs, mode and times there, and only then
+//! publishes it under its name with linkat or renameat2(RENAME_NOREPLACE). A crash
+//! before that leaves litter in work/ and nothing at the destination. Work and upper
+//! must be one filesystem for that rename; [`Upper::open`] checks it.
+//!
+//! Not here yet: metadata-only copy-up of a large file (kernel overlayfs's metacopy;
+//! a chmod of a lower file copies its data for now), origin and redirect records,
+//! hardlink groups, and the in-memory upper state the FUSE side will keep.
+//!
+//! Symlinks cannot carry `user.*` xattrs on Linux, so a symlink's owner is not kept.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, RenameFlags, ResolveFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{UnlinkatFlags, Whence};
+use thiserror::Error;
+
+use crate::image::layer::split_last;
+use crate::store::unpack::remove_tree_at;
+
+pub const OPAQUE_XATTR: &str = "user.overlay.opaque";
+/// Every name under which some overlay implementation marks a directory opaque.
+pub const OPAQUE_XATTRS_READ: [&str; 3] = [
+    "trusted.overlay.opaque",
+    "user.overlay.opaque",
+    "user.fuseoverlayfs.opaque",
+];
+pub const OVERRIDE_XATTR: &str = "user.containers.override_stat";
+/// The prefix of a whiteout file where the kernel refuses a 0/0 device.
+pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
+
+const COPY_CHUNK: usize = 1 << 20;
+/// Longest override value we accept back: fuse-overlayfs reads 63 bytes at most.
+const OVERRIDE_MAX: usize = 63;
+
+#[derive(Debug, Error)]
+pub enum UpperError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+
+    #[error(
+        "the work directory {work} is not on the filesystem of the upper {upper}: copy-up renames from one into the other; put them side by side"
+    )]
+    CrossDevice { upper: PathBuf, work: PathBuf },
+
+    #[error("{op} '{path}' in the upper: {errno}")]
+    Sys {
+        op: &'static str,
+        path: String,
+        errno: Errno,
+    },
+
+    #[error("'{0}' is not a name strata can create in the upper")]
+    BadName(String),
+
+    #[error("malformed {OVERRIDE_XATTR} value '{0}'")]
+    BadOverride(String),
+
+    #[error("the lower file '{0}' changed size while it was copied up")]
+    SourceChanged(String),
+}
+
+impl UpperError {
+    /// The system error behind this error, if there is one.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            UpperError::Open { source, .. } => Some(*source),
+            UpperError::Sys { errno, .. } => Some(*errno),
+            UpperError::BadName(_) => Some(Errno::EINVAL),
+            _ => None,
+        }
+    }
+}
+
+fn sys(op: &'static str, path: &[u8]) -> impl FnOnce(Errno) -> UpperError {
+    let path = String::from_utf8_lossy(path).into_owned();
+    move |errno| UpperError::Sys { op, path, errno }
+}
+
+/// What `create_whiteout` made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whiteout {
+    /// A character device 0/0 with the name itself: what kernel overlayfs reads.
+    CharDevice,
+    /// An empty file `.wh.NAME`: mknod was refused.
+    WhFile,
+}
+
+/// The file type carried in an override's optional fourth field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverrideKind {
+    File,
+    Dir,
+    Symlink,
+    Pipe,
+    Socket,
+    Block { major: u32, minor: u32 },
+    Char { major: u32, minor: u32 },
+}
+
+/// The owner and mode of `user.containers.override_stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverrideStat {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits with setuid, setgid and sticky: 0o7777 at most.
+    pub mode: u32,
+    pub kind: Option<OverrideKind>,
+}
+
+impl OverrideStat {
+    pub fn encode(&self) -> String {
+        let base = format!("{}:{}:0{:o}", self.uid, self.gid, self.mode & 0o7777);
+        match self.kind {
+            None => base,
+            Some(kind) => format!("{base}:{}", encode_kind(kind)),
+        }
+    }
+
+    pub fn decode(value: &[u8]) -> Result<OverrideStat, UpperError> {
+        let bad = || UpperError::BadOverride(String::from_utf8_lossy(value).into_owned());
+        let text = std::str::from_utf8(value).map_err(|_| bad())?;
+        // Writers in C may count the terminating NUL in the value.
+        let text = text.trim_end_matches('\0');
+        let mut fields = text.splitn(4, ':');
+        let uid = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+        let gid = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+        let mode = fields
+            .next()
+            .and_then(|f| u32::from_str_radix(f, 8).ok())
+            .filter(|m| *m <= 0o7777)
+            .ok_or_else(bad)?;
+        let kind = match fields.next() {
+            None => None,
+            Some(f) => Some(decode_kind(f).ok_or_else(bad)?),
+        };
+        Ok(OverrideStat {
+            uid,
+            gid,
+            mode,
+            kind,
+        })
+    }
+}
+
+fn encode_kind(kind: OverrideKind) -> String {
+    match kind {
+        OverrideKind::File => "file".into(),
+        OverrideKind::Dir => "dir".into(),
+        OverrideKind::Symlink => "symlink".into(),
+        OverrideKind::Pipe => "pipe".into(),
+        OverrideKind::Socket => "socket".into(),
+        OverrideKind::Block { major, minor } => format!("block-{major}-{minor}"),
+        OverrideKind::Char { major, minor } => format!("char-{major}-{minor}"),
+    }
+}
+
+fn decode_kind(field: &str) -> Option<OverrideKind> {
+    let device = |rest: &str| -> Option<(u32, u32)> {
+        let (major, minor) = rest.split_once('-')?;
+        Some((major.parse().ok()?, minor.parse().ok()?))
+    };
+    Some(match field {
+        "file" => OverrideKind::File,
+        "dir" => OverrideKind::Dir,
+        "symlink" => OverrideKind::Symlink,
+        "pipe" => OverrideKind::Pipe,
+        "socket" => OverrideKind::Socket,
+        _ => {
+            if let Some(rest) = field.strip_prefix("block-") {
+                let (major, minor) = device(rest)?;
+                OverrideKind::Block { major, minor }
+            } else {
+                let (major, minor) = device(field.strip_prefix("char-")?)?;
+                OverrideKind::Char { major, minor }
+            }
+        }
+    })
+}
+
+/// A stat of an upper entry is a whiteout: a character device 0/0.
+pub fn is_whiteout(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR && st.st_rdev == 0
+}
+
+/// The name a `.wh.` whiteout file hides, if `name` is one.
+pub fn whiteout_file_target(name: &[u8]) -> Option<&[u8]> {
+    name.strip_prefix(WHITEOUT_PREFIX).filter(|n| !n.is_empty())
+}
+
+/// What copy-up gives the new upper node besides its data.
+#[derive(Debug, Clone, Default)]
+pub struct NodeMeta {
+    /// Permission bits with setuid, setgid and sticky.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, u32),
+    /// The lower layers have no atime: None takes the mtime.
+    pub atime: Option<(i64, u32)>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// fsync the data and metadata before publishing.
+    pub fsync: bool,
+}
+
+impl NodeMeta {
+    /// The override to record, if the owner differs from the daemon's own.
+    fn override_stat(&self) -> Option<OverrideStat> {
+        let own = self.uid == nix::unistd::geteuid().as_raw()
+            && self.gid == nix::unistd::getegid().as_raw();
+        (!own).then_some(OverrideStat {
+            uid: self.uid,
+            gid: self.gid,
+            mode: self.mode & 0o7777,
+            kind: None,
+        })
+    }
+
+    fn times(&self) -> (TimeSpec, TimeSpec) {
+        let ts = |(s, ns): (i64, u32)| TimeSpec::new(s, i64::from(ns));
+        (ts(self.atime.unwrap_or(self.mtime)), ts(self.mtime))
+    }
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn temp_name() -> String {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("#strata-{}-{n}", std::process::id())
+}
+
+/// The upper and work directories of one writable layer.
+pub struct Upper {
+    upper: OwnedFd,
+    work: OwnedFd,
+}
+
+fn open_dir_path(path: &Path) -> Result<OwnedFd, UpperError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    nix::fcntl::open(path, flags, Mode::empty()).map_err(|source| UpperError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn stat_dev(fd: &OwnedFd, path: &Path) -> Result<u64, UpperError> {
+    nix::sys::stat::fstat(fd)
+        .map(|st| st.st_dev)
+        .map_err(|source| UpperError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+impl Upper {
+    /// Opens an upper and its work directory, which must be one filesystem.
+    pub fn open(upper: &Path, work: &Path) -> Result<Upper, UpperError> {
+        let upper_fd = open_dir_path(upper)?;
+        let work_fd = open_dir_path(work)?;
+        if stat_dev(&upper_fd, upper)? != stat_dev(&work_fd, work)? {
+            return Err(UpperError::CrossDevice {
+                upper: upper.to_path_buf(),
+                work: work.to_path_buf(),
+            });
+        }
+        Ok(Upper {
+            upper: upper_fd,
+            work: work_fd,
+        })
+    }
+
+    /// Opens a directory of the upper, never through a symlink, never outside it.
+    pub fn open_dir(&self, path: &[u8]) -> Result<OwnedFd, UpperError> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                    | ResolveFlag::RESOLVE_NO_XDEV,
+            );
+        let target: &[u8] = if path.is_empty() { b"." } else { path };
+        nix::fcntl::openat2(self.upper.as_fd(), target, how).map_err(sys("open", path))
+    }
+
+    /// The parent directory of `path` and its last component, which must be a name.
+    fn parent<'p>(&self, path: &'p [u8]) -> Result<(OwnedFd, &'p [u8]), UpperError> {
+        let (parent, name) = split_last(path);
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&0) {
+            return Err(UpperError::BadName(
+                String::from_utf8_lossy(path).into_owned(),
+            ));
+        }
+        Ok((self.open_dir(parent)?, name))
+    }
+
+    /// An O_PATH descriptor of the node itself, the last component not followed.
+    fn open_node(&self, path: &[u8]) -> Result<OwnedFd, UpperError> {
+        let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        if path.is_empty() {
+            return nix::fcntl::openat(&self.upper, ".", flags, Mode::empty())
+                .map_err(sys("open", path));
+        }
+        let (parent, name) = self.parent(path)?;
+        nix::fcntl::openat(&parent, name, flags, Mode::empty()).map_err(sys("open", path))
+    }
+
+    /// Creates a whiteout at `path`, replacing a non-directory there (atomically: the
+    /// whiteout is made in work/ and renamed over it).
+    pub fn create_whiteout(&self, path: &[u8]) -> Result<Whiteout, UpperError> {
+        let (parent, name) = self.parent(path)?;
+        let tmp = temp_name();
+        let dev = nix::sys::stat::makedev(0, 0);
+        match nix::sys::stat::mknodat(&self.work, tmp.as_str(), SFlag::S_IFCHR, Mode::empty(), dev)
+        {
+            Ok(()) => {
+                self.publish_replacing(&tmp, &parent, name, path)?;
+                Ok(Whiteout::CharDevice)
+            }
+            Err(Errno::EPERM) => {
+                self.create_whiteout_file(&parent, name, path)?;
+                Ok(Whiteout::WhFile)
+            }
+            Err(e) => Err(sys("mknod", path)(e)),
+        }
+    }
+
+    fn create_whiteout_file(
+        &self,
+        parent: &OwnedFd,
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<(), UpperError> {
+        let mut wh_name = WHITEOUT_PREFIX.to_vec();
+        wh_name.extend_from_slice(name);
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        match nix::fcntl::openat(
+            parent,
+            wh_name.as_slice(),
+            flags,
+            Mode::from_bits_truncate(0o600),
+        ) {
+            Ok(_) | Err(Errno::EEXIST) => Ok(()),
+            Err(e) => Err(sys("create", path)(e)),
+        }
+    }
+
+    /// Renames work/`tmp` over `parent`/`name`; on failure removes `tmp`.
+    fn publish_replacing(
+        &self,
+        tmp: &str,
+        parent: &OwnedFd,
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<(), UpperError> {
+        nix::fcntl::renameat(&self.work, tmp, parent, name).map_err(|e| {
+            let _ = nix::unistd::unlinkat(&self.work, tmp, UnlinkatFlags::NoRemoveDir);
+            sys("rename", path)(e)
+        })
+    }
+
+    /// Marks the directory `path` opaque, as kernel overlayfs with userxattr reads it.
+    pub fn set_opaque(&self, path: &[u8]) -> Result<(), UpperError> {
+        let dir = self.open_dir(path)?;
+        fset_xattr(dir.as_fd(), OPAQUE_XATTR.as_bytes(), b"y").map_err(sys("setxattr", path))
+    }
+
+    /// Whether the directory `path` carries any of the opaque marks.
+    pub fn is_opaque(&self, path: &[u8]) -> Result<bool, UpperError> {
+        let dir = self.open_dir(path)?;
+        for name in OPAQUE_XATTRS_READ {
+            match fget_xattr(dir.as_fd(), name.as_bytes()) {
+                Ok(Some(v)) if v == b"y" => return Ok(true),
+                Ok(_) => {}
+                // Reading trusted.* unprivileged gives nothing, not an error, but some
+                // filesystems say EPERM or ENOTSUP: then that name is simply absent.
+                Err(Errno::EPERM) | Err(Errno::ENOTSUP) => {}
+                Err(e) => return Err(sys("getxattr", path)(e)),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Records the owner and mode of `path` in `user.containers.override_stat`.
+    pub fn set_override(&self, path: &[u8], stat: &OverrideStat) -> Result<(), UpperError> {
+        let node = self.open_node(path)?;
+        path_set_xattr(&node, OVERRIDE_XATTR.as_bytes(), stat.encode().as_bytes())
+            .map_err(sys("setxattr", path))
+    }
+
+    /// The override recorded on `path`, if any.
+    pub fn get_override(&self, path: &[u8]) -> Result<Option<OverrideStat>, UpperError> {
+        let node = self.open_node(path)?;
+        match path_get_xattr(&node, OVERRIDE_XATTR.as_bytes()) {
+            Ok(Some(v)) if v.len() <= OVERRIDE_MAX => OverrideStat::decode(&v).map(Some),
+            Ok(Some(v)) => Err(UpperError::BadOverride(
+                String::from_utf8_lossy(&v).into_owned(),
+            )),
+            Ok(None) => Ok(None),
+            Err(e) => Err(sys("getxattr", path)(e)),
+        }
+    }
+
+    /// Copies the lower file `src` up to `path`, which must not exist in the upper.
+    pub fn copy_up_file(&self, src: &File, path: &[u8], meta: &NodeMeta) -> Result<(), UpperError> {
+        let (parent, name) = self.parent(path)?;
+        let temp = self.create_temp_file(path)?;
+        let result = self.fill_and_publish(src, &temp, &parent, name, path, meta);
+        if result.is_err()
+            && let TempFile::Named(tmp, _) = &temp
+        {
+            let _ = nix::unistd::unlinkat(&self.work, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        result
+    }
+
+    fn fill_and_publish(
+        &self,
+        src: &File,
+        temp: &TempFile,
+        parent: &OwnedFd,
+        name: &[u8],
+        path: &[u8],
+        meta: &NodeMeta,
+    ) -> Result<(), UpperError> {
+        let fd = temp.fd();
+        copy_data(src.as_fd(), fd, path)?;
+        self.apply_meta(fd, path, meta, true)?;
+        if meta.fsync {
+            nix::unistd::fsync(fd).map_err(sys("fsync", path))?;
+        }
+        match temp {
+            TempFile::Anonymous(file) => link_tmpfile(file.as_fd(), parent, name, path),
+            TempFile::Named(tmp, _) => rename_noreplace(&self.work, tmp, parent, name, path),
+        }?;
+        if meta.fsync {
+            nix::unistd::fsync(parent).map_err(sys("fsync", path))?;
+        }
+        Ok(())
+    }
+
+    fn create_temp_file(&self, path: &[u8]) -> Result<TempFile, UpperError> {
+        let mode = Mode::from_bits_truncate(0o600);
+        let flags = OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC;
+        match nix::fcntl::openat(&self.work, ".", flags, mode) {
+            Ok(fd) => return Ok(TempFile::Anonymous(File::from(fd))),
+            // Filesystems without O_TMPFILE say EOPNOTSUPP; old kernels EISDIR.
+            Err(Errno::EOPNOTSUPP) | Err(Errno::EISDIR) => {}
+            Err(e) => return Err(sys("create in work/ for", path)(e)),
+        }
+        let tmp = temp_name();
+        let flags =
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::openat(&self.work, tmp.as_str(), flags, mode)
+            .map_err(sys("create in work/ for", path))?;
+        Ok(TempFile::Named(tmp, File::from(fd)))
+    }
+
+    /// Sets xattrs, the override, mode and times, in that order: times last, since
+    /// the others may touch them.
+    fn apply_meta(
+        &self,
+        fd: BorrowedFd,
+        path: &[u8],
+        meta: &NodeMeta,
+        set_times: bool,
+    ) -> Result<(), UpperError> {
+        for (name, value) in &meta.xattrs {
+            fset_xattr(fd, name, value).map_err(sys("setxattr", path))?;
+        }
+        if let Some(stat) = meta.override_stat() {
+            fset_xattr(fd, OVERRIDE_XATTR.as_bytes(), stat.encode().as_bytes())
+                .map_err(sys("setxattr", path))?;
+        }
+        nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(meta.mode & 0o7777))
+            .map_err(sys("chmod", path))?;
+        if set_times {
+            let (atime, mtime) = meta.times();
+            nix::sys::stat::futimens(fd, &atime, &mtime).map_err(sys("utimens", path))?;
+        }
+        Ok(())
+    }
+
+    /// Copies a lower directory's metadata up to `path` as an empty directory.
+    pub fn copy_up_dir(&self, path: &[u8], meta: &NodeMeta) -> Result<(), UpperError> {
+        let (parent, name) = self.parent(path)?;
+        let tmp = temp_name();
+        nix::sys::stat::mkdirat(&self.work, tmp.as_str(), Mode::from_bits_truncate(0o700))
+            .map_err(sys("mkdir in work/ for", path))?;
+        let result = self.fill_dir_and_publish(&tmp, &parent, name, path, meta);
+        if result.is_err() {
+            let _ = remove_tree_at(&self.work, tmp.as_bytes());
+        }
+        result
+    }
+
+    fn fill_dir_and_publish(
+        &self,
+        tmp: &str,
+        parent: &OwnedFd,
+        name: &[u8],
+        path: &[u8],
+        meta: &NodeMeta,
+    ) -> Result<(), UpperError> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let dir = nix::fcntl::openat(&self.work, tmp, flags, Mode::empty())
+            .map_err(sys("open in work/ for", path))?;
+        self.apply_meta(dir.as_fd(), path, meta, true)?;
+        if meta.fsync {
+            nix::unistd::fsync(&dir).map_err(sys("fsync", path))?;
+        }
+        // The rename moves the directory's ctime, never its mtime.
+        rename_noreplace(&self.work, tmp, parent, name, path)
+    }
+
+    /// Copies a lower symlink up to `path`. Its owner and xattrs are not kept: Linux
+    /// refuses user.* xattrs on symlinks.
+    pub fn copy_up_symlink(
+        &self,
+        path: &[u8],
+        target: &[u8],
+        meta: &NodeMeta,
+    ) -> Result<(), UpperError> {
+        let (parent, name) = self.parent(path)?;
+        let tmp = temp_name();
+        nix::unistd::symlinkat(target, &self.work, tmp.as_str())
+            .map_err(sys("symlink in work/ for", path))?;
+        let (atime, mtime) = meta.times();
+        let result = nix::sys::stat::utimensat(
+            &self.work,
+            tmp.as_str(),
+            &atime,
+            &mtime,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(sys("utimens", path))
+        .and_then(|()| rename_noreplace(&self.work, &tmp, &parent, name, path));
+        if result.is_err() {
+            let _ = nix::unistd::unlinkat(&self.work, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        result
+    }
+
+    /// lstat of `path` in the upper.
+    pub fn stat(&self, path: &[u8]) -> Result<FileStat, UpperError> {
+        if path.is_empty() {
+            return nix::sys::stat::fstat(&self.upper).map_err(sys("stat", path));
+        }
+        let (parent, name) = self.parent(path)?;
+        nix::sys::stat::fstatat(&parent, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(sys("stat", path))
+    }
+}
+
+enum TempFile {
+    /// An O_TMPFILE: no name until linked, gone by itself if we crash.
+    Anonymous(File),
+    /// A named file in work/, for filesystems without O_TMPFILE.
+    Named(String, File),
+}
+
+impl TempFile {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            TempFile::Anonymous(f) | TempFile::Named(_, f) => f.as_fd(),
+        }
+    }
+}
+
+fn rename_noreplace(
+    work: &OwnedFd,
+    tmp: &str,
+    parent: &OwnedFd,
+    name: &[u8],
+    path: &[u8],
+) -> Result<(), UpperError> {
+    nix::fcntl::renameat2(work, tmp, parent, name, RenameFlags::RENAME_NOREPLACE)
+        .map_err(sys("rename into place", path))
+}
+
+/// Gives an O_TMPFILE its name. linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH
+/// before Linux 6.10; the /proc/self/fd link works for the file's opener everywhere.
+fn link_tmpfile(
+    fd: BorrowedFd,
+    parent: &OwnedFd,
+    name: &[u8],
+    path: &[u8],
+) -> Result<(), UpperError> {
+    match nix::unistd::linkat(fd, "", parent, name, AtFlags::AT_EMPTY_PATH) {
+        Ok(()) => return Ok(()),
+        Err(Errno::ENOENT) | Err(Errno::EPERM) => {}
+        Err(e) => return Err(sys("link into place", path)(e)),
+    }
+    let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    nix::unistd::linkat(
+        nix::fcntl::AT_FDCWD,
+        proc_path.as_str(),
+        parent,
+        name,
+        AtFlags::AT_SYMLINK_FOLLOW,
+    )
+    .map_err(sys("link into place", path))
+}
+
+/// Copies all of `src` into the empty `dst`: a reflink if the filesystem shares
+/// extents, else the data extents one by one, so holes stay holes.
+fn copy_data(src: BorrowedFd, dst: BorrowedFd, path: &[u8]) -> Result<(), UpperError> {
+    // SAFETY: FICLONE takes the source descriptor as its argument and reads nothing
+    // else from our memory; both descriptors are open for the whole call.
+    let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
+    if cloned == 0 {
+        return Ok(());
+    }
+    // Any FICLONE error just means no reflink here (EXDEV, EOPNOTSUPP, EINVAL, ...);
+    // a real problem with the descriptors shows again below.
+    let size = nix::sys::stat::fstat(src)
+        .map_err(sys("stat lower of", path))?
+        .st_size;
+    let mut offset = 0i64;
+    while offset < size {
+        let data = match nix::unistd::lseek(src, offset, Whence::SeekData) {
+            Ok(d) => d,
+            // No data past `offset`: the rest is one hole.
+            Err(Errno::ENXIO) => break,
+            Err(e) => return Err(sys("seek lower of", path)(e)),
+        };
+        let hole = nix::unistd::lseek(src, data, Whence::SeekHole)
+            .map_err(sys("seek lower of", path))?
+            .min(size);
+        copy_range(src, dst, data, hole - data, path)?;
+        offset = hole;
+    }
+    // A trailing hole: the size comes from ftruncate, not from data.
+    nix::unistd::ftruncate(dst, size).map_err(sys("truncate", path))
+}
+
+/// Copies `len` bytes at `offset` of `src` to the same offset of `dst`.
+fn copy_range(
+    src: BorrowedFd,
+    dst: BorrowedFd,
+    offset: i64,
+    len: i64,
+    path: &[u8],
+) -> Result<(), UpperError> {
+    let mut done = 0i64;
+    while done < len {
+        let mut off_in = offset + done;
+        let mut off_out = off_in;
+        let want = usize::try_from(len - done)
+            .unwrap_or(usize::MAX)
+            .min(COPY_CHUNK);
+        // SAFETY: the offsets are valid i64s we own for the call; the kernel reads and
+        // updates them and touches no other memory of ours.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                want,
+                0,
+            )
+        };
+        let n = match Errno::result(n) {
+            Ok(0) => {
+                return Err(UpperError::SourceChanged(
+                    String::from_utf8_lossy(path).into_owned(),
+                ));
+            }
+            Ok(n) => n as i64,
+            Err(Errno::EINTR) => continue,
+            // Across filesystems on old kernels, or special files: copy by hand.
+            Err(Errno::EXDEV)
+            | Err(Errno::EINVAL)
+            | Err(Errno::ENOSYS)
+            | Err(Errno::EOPNOTSUPP) => {
+                return copy_range_by_hand(src, dst, offset + done, len - done, path);
+            }
+            Err(e) => return Err(sys("copy", path)(e)),
+        };
+        done += n;
+    }
+    Ok(())
+}
+
+fn copy_range_by_hand(
+    src: BorrowedFd,
+    dst: BorrowedFd,
+    offset: i64,
+    len: i64,
+    path: &[u8],
+) -> Result<(), UpperError> {
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut done = 0i64;
+    while done < len {
+        let want = usize::try_from(len - done)
+            .unwrap_or(usize::MAX)
+            .min(COPY_CHUNK);
+        let n = match nix::sys::uio::pread(src, &mut buf[..want], offset + done) {
+            Ok(0) => {
+                return Err(UpperError::SourceChanged(
+                    String::from_utf8_lossy(path).into_owned(),
+                ));
+            }
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(sys("read lower of", path)(e)),
+        };
+        let mut written = 0;
+        while written < n {
+            match nix::sys::uio::pwrite(dst, &buf[written..n], offset + done + written as i64) {
+                Ok(w) => written += w,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(sys("write", path)(e)),
+            }
+        }
+        done += n as i64;
+    }
+    Ok(())
+}
+
+fn c_name(name: &[u8]) -> Result<std::ffi::CString, Errno> {
+    std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)
+}
+
+fn fset_xattr(fd: BorrowedFd, name: &[u8], value: &[u8]) -> Result<(), Errno> {
+    let name = c_name(name)?;
+    // SAFETY: name is NUL-terminated, value is valid for value.len() bytes, and the
+    // kernel only reads them during the call.
+    let r = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+fn fget_xattr(fd: BorrowedFd, name: &[u8]) -> Result<Option<Vec<u8>>, Errno> {
+    let name = c_name(name)?;
+    read_xattr(|buf: &mut [u8]| {
+        // SAFETY: name is NUL-terminated and buf is writable for buf.len() bytes.
+        unsafe {
+            libc::fgetxattr(
+                fd.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        }
+    })
+}
+
+/// xattrs of a node held by an O_PATH descriptor: f*xattr refuse those, so the call
+/// goes through the descriptor's /proc link, which names exactly that inode (it is our
+/// own descriptor, not a path anything in the upper controls).
+fn proc_fd_path(fd: &OwnedFd) -> std::ffi::CString {
+    std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .expect("a formatted number has no NUL")
+}
+
+fn path_set_xattr(fd: &OwnedFd, name: &[u8], value: &[u8]) -> Result<(), Errno> {
+    let name = c_name(name)?;
+    let path = proc_fd_path(fd);
+    // SAFETY: path and name are NUL-terminated, value is valid for value.len() bytes.
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+fn path_get_xattr(fd: &OwnedFd, name: &[u8]) -> Result<Option<Vec<u8>>, Errno> {
+    let name = c_name(name)?;
+    let path = proc_fd_path(fd);
+    read_xattr(|buf: &mut [u8]| {
+        // SAFETY: path and name are NUL-terminated; buf is writable for its length.
+        unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        }
+    })
+}
+
+/// Reads an xattr value with `get`, growing the buffer while the value does not fit.
+fn read_xattr(mut get: impl FnMut(&mut [u8]) -> isize) -> Result<Option<Vec<u8>>, Errno> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match Errno::result(get(&mut buf)) {
+            Ok(n) => {
+                buf.truncate(n as usize);
+                return Ok(Some(buf));
+            }
+            Err(Errno::ENODATA) => return Ok(None),
+            Err(Errno::ERANGE) if buf.len() < 1 << 16 => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+    fn setup() -> (tempfile::TempDir, Upper) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("upper")).unwrap();
+        std::fs::create_dir(dir.path().join("work")).unwrap();
+        let upper = Upper::open(&dir.path().join("upper"), &dir.path().join("work")).unwrap();
+        (dir, upper)
+    }
+
+    fn own_meta(mode: u32) -> NodeMeta {
+        NodeMeta {
+            mode,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            mtime: (1_500_000_000, 123_456_789),
+            ..NodeMeta::default()
+        }
+    }
+
+    fn work_entries(dir: &tempfile::TempDir) -> Vec<String> {
+        std::fs::read_dir(dir.path().join("work"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn whiteout_is_char_0_0_and_reads_back() {
+        let (dir, upper) = setup();
+        std::fs::write(dir.path().join("upper/gone"), b"x").unwrap();
+        let made = upper.create_whiteout(b"gone").unwrap();
+        let st = upper.stat(b"gone").unwrap();
+        match made {
+            Whiteout::CharDevice => {
+                assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFCHR);
+                assert_eq!(st.st_rdev, 0);
+                assert!(is_whiteout(&st));
+            }
+            // Only where mknod is refused: the old name stays, the marker is beside it.
+            Whiteout::WhFile => assert!(dir.path().join("upper/.wh.gone").exists()),
+        }
+        assert!(work_entries(&dir).is_empty());
+        assert_eq!(whiteout_file_target(b".wh.gone"), Some(&b"gone"[..]));
+        assert_eq!(whiteout_file_target(b".wh."), None);
+    }
+
+    #[test]
+    fn a_regular_file_is_not_a_whiteout() {
+        let (dir, upper) = setup();
+        std::fs::write(dir.path().join("upper/f"), b"").unwrap();
+        assert!(!is_whiteout(&upper.stat(b"f").unwrap()));
+    }
+
+    #[test]
+    fn opaque_round_trip() {
+        let (dir, upper) = setup();
+        std::fs::create_dir_all(dir.path().join("upper/a/b")).unwrap();
+        assert!(!upper.is_opaque(b"a/b").unwrap());
+        upper.set_opaque(b"a/b").unwrap();
+        assert!(upper.is_opaque(b"a/b").unwrap());
+        let raw = fget_xattr(
+            upper.open_dir(b"a/b").unwrap().as_fd(),
+            OPAQUE_XATTR.as_bytes(),
+        );
+        assert_eq!(raw.unwrap().as_deref(), Some(&b"y"[..]));
+    }
+
+    #[test]
+    fn fuse_overlayfs_opaque_mark_is_read() {
+        let (dir, upper) = setup();
+        std::fs::create_dir(dir.path().join("upper/d")).unwrap();
+        let fd = upper.open_dir(b"d").unwrap();
+        fset_xattr(fd.as_fd(), b"user.fuseoverlayfs.opaque", b"y").unwrap();
+        assert!(upper.is_opaque(b"d").unwrap());
+    }
+
+    #[test]
+    fn override_encode_decode() {
+        let plain = OverrideStat {
+            uid: 0,
+            gid: 42,
+            mode: 0o4755,
+            kind: None,
+        };
+        assert_eq!(plain.encode(), "0:42:04755");
+        assert_eq!(OverrideStat::decode(b"0:42:04755").unwrap(), plain);
+        // fuse-overlayfs's sscanf("%o") takes the mode without its leading 0 too.
+        assert_eq!(OverrideStat::decode(b"0:42:4755").unwrap(), plain);
+        let dev = OverrideStat {
+            uid: 1000,
+            gid: 1000,
+            mode: 0o660,
+            kind: Some(OverrideKind::Block { major: 8, minor: 1 }),
+        };
+        assert_eq!(dev.encode(), "1000:1000:0660:block-8-1");
+        assert_eq!(OverrideStat::decode(dev.encode().as_bytes()).unwrap(), dev);
+        for kind in [
+            OverrideKind::File,
+            OverrideKind::Dir,
+            OverrideKind::Symlink,
+            OverrideKind::Pipe,
+            OverrideKind::Socket,
+            OverrideKind::Char { major: 1, minor: 3 },
+        ] {
+            let s = OverrideStat {
+                kind: Some(kind),
+                ..plain
+            };
+            assert_eq!(OverrideStat::decode(s.encode().as_bytes()).unwrap(), s);
+        }
+        for bad in [
+            &b""[..],
+            b"1:2",
+            b"a:2:0755",
+            b"1:2:0999",
+            b"1:2:017777",
+            b"1:2:0755:tape",
+        ] {
+            assert!(OverrideStat::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn override_xattr_on_a_real_file() {
+        let (dir, upper) = setup();
+        std::fs::write(dir.path().join("upper/f"), b"").unwrap();
+        assert_eq!(upper.get_override(b"f").unwrap(), None);
+        let stat = OverrideStat {
+            uid: 0,
+            gid: 0,
+            mode: 0o755,
+            kind: None,
+        };
+        upper.set_override(b"f", &stat).unwrap();
+        assert_eq!(upper.get_override(b"f").unwrap(), Some(stat));
+        let node = upper.open_node(b"f").unwrap();
+        let raw = path_get_xattr(&node, OVERRIDE_XATTR.as_bytes()).unwrap();
+        assert_eq!(raw.as_deref(), Some(&b"0:0:0755"[..]));
+    }
+
+    fn sparse_source(dir: &tempfile::TempDir) -> File {
+        let path = dir.path().join("lower");
+        let mut f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .read(true)
+            .mode(0o644)
+            .open(&path)
+            .unwrap();
+        f.set_len(10 << 20).unwrap();
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(&[0xab; 8192]).unwrap();
+        f.seek(SeekFrom::Start(7 << 20)).unwrap();
+        f.write_all(&[0xcd; 4096]).unwrap();
+        f.sync_all().unwrap();
+        File::open(&path).unwrap()
+    }
+
+    #[test]
+    fn copy_up_keeps_content_mode_mtime_xattrs_and_holes() {
+        let (dir, upper) = setup();
+        std::fs::create_dir(dir.path().join("upper/d")).unwrap();
+        let src = sparse_source(&dir);
+        let mut meta = own_meta(0o751);
+        meta.xattrs = vec![(b"user.test".to_vec(), b"value".to_vec())];
+        meta.fsync = true;
+        upper.copy_up_file(&src, b"d/f", &meta).unwrap();
+
+        let dst = dir.path().join("upper/d/f");
+        let want = std::fs::read(dir.path().join("lower")).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), want);
+        let md = std::fs::symlink_metadata(&dst).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o751);
+        assert_eq!((md.mtime(), md.mtime_nsec()), (1_500_000_000, 123_456_789));
+        assert_eq!(md.len(), 10 << 20);
+        // 12 KiB of data; a copy that filled the holes would hold 10 MiB.
+        assert!(md.blocks() * 512 < 1 << 20, "{} blocks", md.blocks());
+        let fd = File::open(&dst).unwrap();
+        let x = fget_xattr(fd.as_fd(), b"user.test").unwrap();
+        assert_eq!(x.as_deref(), Some(&b"value"[..]));
+        assert_eq!(upper.get_override(b"d/f").unwrap(), None);
+        assert!(work_entries(&dir).is_empty());
+    }
+
+    #[test]
+    fn copy_up_of_a_foreign_owner_records_the_override() {
+        let (dir, upper) = setup();
+        let src = sparse_source(&dir);
+        let mut meta = own_meta(0o640);
+        meta.uid = 12345;
+        meta.gid = 54321;
+        upper.copy_up_file(&src, b"f", &meta).unwrap();
+        let got = upper.get_override(b"f").unwrap().unwrap();
+        assert_eq!((got.uid, got.gid, got.mode), (12345, 54321, 0o640));
+    }
+
+    #[test]
+    fn copy_up_never_replaces_an_existing_name() {
+        let (dir, upper) = setup();
+        std::fs::write(dir.path().join("upper/f"), b"mine").unwrap();
+        let src = sparse_source(&dir);
+        let err = upper
+            .copy_up_file(&src, b"f", &own_meta(0o644))
+            .unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::EEXIST));
+        assert_eq!(std::fs::read(dir.path().join("upper/f")).unwrap(), b"mine");
+        assert!(work_entries(&dir).is_empty());
+    }
+
+    #[test]
+    fn failed_copy_up_leaves_nothing_at_the_destination() {
+        let (dir, upper) = setup();
+        drop(sparse_source(&dir));
+        // A write-only source: its size and extents can be seen, its data cannot be
+        // read, so the copy fails after it started.
+        let src = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("lower"))
+            .unwrap();
+        let err = upper
+            .copy_up_file(&src, b"f", &own_meta(0o644))
+            .unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::EBADF), "{err}");
+        assert!(!dir.path().join("upper/f").exists());
+        assert!(work_entries(&dir).is_empty());
+    }
+
+    #[test]
+    fn copy_up_dir_and_symlink() {
+        let (dir, upper) = setup();
+        let mut meta = own_meta(0o1775);
+        meta.xattrs = vec![(OPAQUE_XATTR.as_bytes().to_vec(), b"y".to_vec())];
+        upper.copy_up_dir(b"d", &meta).unwrap();
+        let md = std::fs::symlink_metadata(dir.path().join("upper/d")).unwrap();
+        assert!(md.is_dir());
+        assert_eq!(md.mode() & 0o7777, 0o1775);
+        assert_eq!(md.mtime(), 1_500_000_000);
+        assert!(upper.is_opaque(b"d").unwrap());
+
+        upper
+            .copy_up_symlink(b"d/l", b"../target", &own_meta(0o777))
+            .unwrap();
+        let link = dir.path().join("upper/d/l");
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("../target"));
+        let md = std::fs::symlink_metadata(&link).unwrap();
+        assert_eq!(md.mtime(), 1_500_000_000);
+        assert!(work_entries(&dir).is_empty());
+    }
+
+    #[test]
+    fn a_symlinked_component_is_never_followed() {
+        let (dir, upper) = setup();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("f"), b"").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.path().join("upper/esc")).unwrap();
+        std::os::unix::fs::symlink("/", dir.path().join("upper/root")).unwrap();
+        let src = sparse_source(&dir);
+        let escape = |r: Result<(), UpperError>| {
+            let e = r.unwrap_err();
+            assert!(
+                matches!(e.errno(), Some(Errno::ELOOP) | Some(Errno::EXDEV)),
+                "{e}"
+            );
+        };
+        let meta = own_meta(0o755);
+        escape(upper.create_whiteout(b"esc/f").map(drop));
+        escape(upper.set_opaque(b"esc"));
+        escape(upper.set_opaque(b"root/tmp"));
+        escape(upper.is_opaque(b"esc").map(drop));
+        let stat = OverrideStat {
+            uid: 0,
+            gid: 0,
+            mode: 0o755,
+            kind: None,
+        };
+        escape(upper.set_override(b"esc/f", &stat));
+        escape(upper.get_override(b"esc/f").map(drop));
+        escape(upper.copy_up_file(&src, b"esc/new", &meta));
+        escape(upper.copy_up_dir(b"esc/newdir", &meta));
+        escape(upper.copy_up_symlink(b"esc/newlink", b"x", &meta));
+        escape(upper.stat(b"esc/f").map(drop));
+        escape(upper.open_dir(b"../outside").map(drop));
+        // The last component itself a symlink: the override goes on no target.
+        let e = upper.set_override(b"esc", &stat).unwrap_err();
+        assert!(e.errno().is_some(), "{e}");
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            1,
+            "nothing was written outside"
+        );
+        assert!(work_entries(&dir).is_empty());
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        let (_dir, upper) = setup();
+        for bad in [&b""[..], b"a/..", b"a/.", b"a/"] {
+            let e = upper.create_whiteout(bad).unwrap_err();
+            assert_eq!(e.errno(), Some(Errno::EINVAL), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn work_on_another_filesystem_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // /proc is a filesystem of its own on every Linux.
+        let err = Upper::open(dir.path(), Path::new("/proc/self")).err();
+        match err {
+            Some(UpperError::CrossDevice { .. }) | Some(UpperError::Open { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        let err = Upper::open(dir.path(), Path::new("/dev")).err();
+        assert!(
+            matches!(err, Some(UpperError::CrossDevice { .. })),
+            "{err:?}"
+        );
+    }
+}
