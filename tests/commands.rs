@@ -144,6 +144,22 @@ fn hold_layer(env: &TestEnv, diff_id_hex: &str) -> Flock<fs::File> {
         .expect("take the layer's use lock")
 }
 
+/// Holds an image in use as a mount of it does: a shared flock on its use file.
+fn hold_image(env: &TestEnv, config_hex: &str) -> Flock<fs::File> {
+    let path = env.root.join(format!("locks/image-{config_hex}.use"));
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .unwrap();
+    give_to_user(&path);
+    Flock::lock(file, FlockArg::LockSharedNonblock)
+        .map_err(|(_, e)| e)
+        .expect("take the image's use lock")
+}
+
 fn image_by_id<'a>(images: &'a [serde_json::Value], id: &str) -> Option<&'a serde_json::Value> {
     images.iter().find(|i| i["id"] == id)
 }
@@ -483,8 +499,10 @@ fn rmi_untags_refuses_an_image_in_use_and_forces() {
     };
     assert_eq!(files(&before), files(&snapshot(&env.root)));
 
-    // A layer of a:1 held by a (simulated) mount: refused, nothing changes.
+    // a:1 run by a (simulated) mount, which holds the image and its layers: refused,
+    // nothing changes.
     let held = hold_layer(&env, a1.diff_id_hex());
+    let running = hold_image(&env, &a.config_hex);
     let before = snapshot(&env.root);
     assert_fails(&env.strata(&["rmi", "a:1"]), 1, "in use");
     assert_same(&before, &snapshot(&env.root), "refused rmi");
@@ -511,7 +529,18 @@ fn rmi_untags_refuses_an_image_in_use_and_forces() {
     .collect();
     assert_eq!(blobs, b_blobs, "a's own blobs go, b's stay");
     assert!(env.layer_dir(base.diff_id_hex()).is_dir());
+    drop(running);
     drop(held);
+
+    // Another image's mount holds a shared layer, not this image: rmi goes ahead and
+    // leaves that layer to the image that uses it.
+    env.import(&a.source(), Some("a:1"));
+    let b_running = hold_image(&env, &b.config_hex);
+    let base_held = hold_layer(&env, base.diff_id_hex());
+    assert_ok(&env.strata(&["rmi", "a:1"]));
+    assert!(image_by_id(&env.images_json(), &a.config_hex).is_none());
+    assert!(env.layer_dir(base.diff_id_hex()).join("index").is_file());
+    drop((b_running, base_held));
 
     // Several at once: one unknown does not stop the others; the exit says it failed.
     env.import(&a.source(), Some("a:1"));

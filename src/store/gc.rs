@@ -66,8 +66,9 @@ pub enum Removal {
 
 /// Removes the image `wanted` (every name of it), then its layers, blobs and views
 /// that no other image references. Naming one of several names of an image only
-/// takes that name away. An image some of whose layers are held (in use by a mount
-/// or container) is refused unless `force`; forced, its held layers stay for gc.
+/// takes that name away. An image a mount or container runs is refused unless
+/// `force`; its layers that something holds (that run, or another image's that
+/// shares them) stay for gc.
 pub fn remove_image(store: &Store, wanted: &str, force: bool) -> Result<Removal, StoreError> {
     let work = Staging::new(&store.tmp_dir(), WORK_PURPOSE)?;
     let (image, mut collected) = {
@@ -79,11 +80,9 @@ pub fn remove_image(store: &Store, wanted: &str, force: bool) -> Result<Removal,
             store.images().update(|db| db.untag(&name))?;
             return Ok(Removal::Untagged { name, id: image.id });
         }
-        let held = held_layers(store, &image)?;
-        if held > 0 && !force {
+        if !force && image_in_use(store, &image)? {
             return Err(StoreError::ImageInUse {
                 image: wanted.to_string(),
-                held,
             });
         }
         let db = store.images().update(|db| {
@@ -185,20 +184,11 @@ fn digests_in(dir: &Path) -> Result<BTreeSet<Digest>, StoreError> {
     Ok(out)
 }
 
-/// How many of the image's layers something holds in use right now.
-fn held_layers(store: &Store, image: &ImageRecord) -> Result<usize, StoreError> {
-    let unique: BTreeSet<&Digest> = image.layers.iter().map(|l| &l.diff_id).collect();
-    let mut held = 0;
-    for diff_id in unique {
-        let path = store.layer_use_lock_path(diff_id);
-        if FileLock::try_exclusive(&path)
-            .map_err(|e| StoreError::io("lock", &path, e))?
-            .is_none()
-        {
-            held += 1;
-        }
-    }
-    Ok(held)
+/// Whether a mount or container runs the image right now (its use lock is held).
+fn image_in_use(store: &Store, image: &ImageRecord) -> Result<bool, StoreError> {
+    let path = store.image_use_lock_path(&image.id);
+    let free = FileLock::try_exclusive(&path).map_err(|e| StoreError::io("lock", &path, e))?;
+    Ok(free.is_none())
 }
 
 /// Moves the `candidates` that `db` does not reference into `work`. The caller holds
@@ -350,9 +340,18 @@ fn remove_stale_locks(store: &Store) -> Result<usize, StoreError> {
     let dir = store.locks_dir();
     let listing = fs::read_dir(&dir).map_err(|e| StoreError::io("list", &dir, e))?;
     let mut layers = BTreeSet::new();
+    let mut images = BTreeSet::new();
     for entry in listing {
         let entry = entry.map_err(|e| StoreError::io("list", &dir, e))?;
         let name = entry.file_name();
+        if let Some(hex) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("image-"))
+            .and_then(|n| n.strip_suffix(".use"))
+            && let Ok(id) = Digest::from_hex(hex)
+        {
+            images.insert(id);
+        }
         if let Some((hex, kind)) = name
             .to_str()
             .and_then(|n| n.strip_prefix("layer-"))
@@ -363,6 +362,7 @@ fn remove_stale_locks(store: &Store) -> Result<usize, StoreError> {
             layers.insert(d);
         }
     }
+    remove_stale_image_locks(store, images)?;
     let mut removed = 0;
     for diff_id in layers {
         if store.layer_dir(&diff_id).exists() {
@@ -393,6 +393,29 @@ fn remove_stale_locks(store: &Store) -> Result<usize, StoreError> {
         removed += 1;
     }
     Ok(removed)
+}
+
+/// Removes the use locks of images that are gone and that nothing holds (a held one
+/// belongs to a mount of an image removed by force; it goes with a later gc).
+fn remove_stale_image_locks(store: &Store, candidates: BTreeSet<Digest>) -> Result<(), StoreError> {
+    let db = store.images().load()?;
+    for id in candidates
+        .into_iter()
+        .filter(|id| !db.images.iter().any(|i| &i.id == id))
+    {
+        let path = store.image_use_lock_path(&id);
+        if FileLock::try_exclusive(&path)
+            .map_err(|e| StoreError::io("lock", &path, e))?
+            .is_some()
+        {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("remove", &path, e)),
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -494,10 +517,12 @@ mod tests {
         let (_tmp, store) = store_with(&[a]);
         let a1 = Digest::of(b"a1");
         let held = FileLock::shared(&store.layer_use_lock_path(&a1)).unwrap();
+        let running = store.hold_image(&Digest::of(b"a")).unwrap();
         assert!(matches!(
             remove_image(&store, "a:1", false),
-            Err(StoreError::ImageInUse { held: 1, .. })
+            Err(StoreError::ImageInUse { .. })
         ));
+        drop(running);
         let Removal::Removed { collected, .. } = remove_image(&store, "a:1", true).unwrap() else {
             panic!("not removed");
         };

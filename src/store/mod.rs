@@ -77,9 +77,9 @@ pub enum StoreError {
     MissingBlob(Digest),
 
     #[error(
-        "image '{image}' is in use: {held} of its layers are held by a running mount or container; stop it first, or give --force to remove the image now (the held layers stay until `strata gc` finds them free)"
+        "image '{image}' is in use by a running mount or container; stop it first, or give --force to remove the image now (the layers in use stay until `strata gc` finds them free)"
     )]
-    ImageInUse { image: String, held: usize },
+    ImageInUse { image: String },
 
     #[error("cannot save to '{dest}': {reason}")]
     BadDestination { dest: String, reason: String },
@@ -226,6 +226,19 @@ impl Store {
     pub fn layer_use_lock_path(&self, diff_id: &Digest) -> PathBuf {
         self.locks_dir()
             .join(format!("layer-{}.use", diff_id.hex()))
+    }
+
+    /// `locks/image-<id hex>.use`: held shared by whatever runs the image (a mount, a
+    /// container), so that rmi refuses exactly the images in use, not every image
+    /// that shares a layer with one.
+    pub fn image_use_lock_path(&self, id: &Digest) -> PathBuf {
+        self.locks_dir().join(format!("image-{}.use", id.hex()))
+    }
+
+    /// Holds an image in use (a shared lock) until the lock is dropped.
+    pub fn hold_image(&self, id: &Digest) -> Result<lock::FileLock, StoreError> {
+        let path = self.image_use_lock_path(id);
+        lock::FileLock::shared(&path).map_err(|e| StoreError::io("lock", &path, e))
     }
 
     /// Holds the layers of a chain in use (shared locks) until the locks are dropped.

@@ -30,7 +30,8 @@ fn default_threads() -> usize {
 /// The read-only union of an image's layers, ready to mount.
 pub fn image_fs(store: &Store, image: &ImageRecord) -> Result<LowerFs, UnionError> {
     let diff_ids: Vec<_> = image.layers.iter().map(|l| l.diff_id.clone()).collect();
-    let held = store.hold_layers(&diff_ids)?;
+    let mut held = store.hold_layers(&diff_ids)?;
+    held.push(store.hold_image(&image.id)?);
     let view = View::open(store, &diff_ids)?;
     let trees = diff_ids
         .iter()
