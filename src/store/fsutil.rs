@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
-use nix::fcntl::{AT_FDCWD, RenameFlags};
+use nix::fcntl::{AT_FDCWD, OFlag, OpenHow, RenameFlags, ResolveFlag};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use super::StoreError;
 
@@ -79,6 +80,20 @@ pub fn write_atomic_with(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Opens `path` beneath the directory `root` without following any symlink or leaving
+/// its filesystem: what every walk through a tree that untrusted content shaped uses
+/// (layer trees, uppers). The empty path is `root` itself.
+pub fn open_beneath(root: BorrowedFd<'_>, path: &[u8], flags: OFlag) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS
+            | ResolveFlag::RESOLVE_NO_XDEV,
+    );
+    let target: &[u8] = if path.is_empty() { b"." } else { path };
+    nix::fcntl::openat2(root, target, how)
 }
 
 /// Makes a directory's entries (renames, creations) durable.

@@ -15,8 +15,9 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use super::fsutil::open_beneath;
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::UnlinkatFlags;
 
@@ -399,16 +400,12 @@ impl Unpacker {
                 .try_clone()
                 .map_err(|e| StoreError::io("dup", &self.tree_path, e));
         }
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS
-                    | ResolveFlag::RESOLVE_NO_XDEV,
-            );
-        let target: &[u8] = if path.is_empty() { b"." } else { path };
-        let fd = nix::fcntl::openat2(self.tree.as_fd(), target, how).map_err(|e| match e {
+        let fd = open_beneath(
+            self.tree.as_fd(),
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+        )
+        .map_err(|e| match e {
             Errno::ELOOP | Errno::EXDEV => {
                 self.hostile(path, "its parent resolves through a symlink")
             }

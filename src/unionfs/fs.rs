@@ -19,12 +19,13 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::store::fsutil::open_beneath;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::OFlag;
 
 use super::idmap::IdMap;
 use super::view::View;
@@ -210,15 +211,12 @@ impl LowerFs {
             return Ok(file.clone());
         }
         let tree = &self.trees[self.view.layer(pos)];
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-            );
-        let fd = nix::fcntl::openat2(tree.as_fd(), self.view.index.entry(pos).path(), how)
-            .map_err(|e| Errno::from_i32(e as i32))?;
+        let fd = open_beneath(
+            tree.as_fd(),
+            self.view.index.entry(pos).path(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW,
+        )
+        .map_err(|e| Errno::from_i32(e as i32))?;
         let file = Arc::new(File::from(fd));
         let mut open = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
         if open.len() >= OPEN_FILES_LIMIT {

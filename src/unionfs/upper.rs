@@ -45,8 +45,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::store::fsutil::open_beneath;
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, OpenHow, RenameFlags, ResolveFlag};
+use nix::fcntl::{AtFlags, OFlag, RenameFlags};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{UnlinkatFlags, Whence};
@@ -312,16 +313,12 @@ impl Upper {
 
     /// Opens a directory of the upper, never through a symlink, never outside it.
     pub fn open_dir(&self, path: &[u8]) -> Result<OwnedFd, UpperError> {
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS
-                    | ResolveFlag::RESOLVE_NO_XDEV,
-            );
-        let target: &[u8] = if path.is_empty() { b"." } else { path };
-        nix::fcntl::openat2(self.upper.as_fd(), target, how).map_err(sys("open", path))
+        open_beneath(
+            self.upper.as_fd(),
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+        )
+        .map_err(sys("open", path))
     }
 
     /// The parent directory of `path` and its last component, which must be a name.
