@@ -58,18 +58,7 @@ impl<W: Write + Seek> TarOut<W> {
         self.out
             .write_all(head.as_bytes())
             .map_err(CopyError::Write)?;
-        let mut buf = vec![0u8; 256 << 10];
-        let mut size = 0u64;
-        loop {
-            let n = match data.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(CopyError::Read(e)),
-            };
-            self.out.write_all(&buf[..n]).map_err(CopyError::Write)?;
-            size += n as u64;
-        }
+        let size = copy_data(data, &mut self.out)?;
         (|| {
             self.pad(size)?;
             let end = self.out.stream_position()?;
@@ -189,15 +178,9 @@ pub fn copy_blob<W: Write + Seek>(
     digest: &Digest,
     size: u64,
 ) -> Result<(), ImageError> {
-    let what = format!("blob {digest}");
-    let mut reader = HashingReader::new(source.open_blob(digest)?);
-    tar.stream(path, &mut reader)
-        .map_err(|e| copy_error(e, &what, path))?;
-    let (actual, actual_size) = reader.finish().map_err(|e| ImageError::Read {
-        what: what.clone(),
-        source: e,
-    })?;
-    verify(&what, digest, size, &actual, actual_size)
+    copy_verified(source, digest, size, path, |blob| {
+        tar.stream(path, blob).map(drop)
+    })
 }
 
 /// Streams the blob `digest` of `size` bytes from `source` to `out` (a file, named
@@ -209,24 +192,45 @@ pub fn copy_blob_to(
     digest: &Digest,
     size: u64,
 ) -> Result<(), ImageError> {
+    copy_verified(source, digest, size, dest, |blob| {
+        copy_data(blob, out).map(drop)
+    })
+}
+
+/// Opens the blob, lets `copy` consume it, then checks what went through against
+/// the descriptor's size and digest.
+fn copy_verified(
+    source: &dyn ImageSource,
+    digest: &Digest,
+    size: u64,
+    dest: &str,
+    copy: impl FnOnce(&mut dyn Read) -> Result<(), CopyError>,
+) -> Result<(), ImageError> {
     let what = format!("blob {digest}");
     let mut reader = HashingReader::new(source.open_blob(digest)?);
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(copy_error(CopyError::Read(e), &what, dest)),
-        };
-        out.write_all(&buf[..n])
-            .map_err(|e| copy_error(CopyError::Write(e), &what, dest))?;
-    }
+    copy(&mut reader).map_err(|e| copy_error(e, &what, dest))?;
     let (actual, actual_size) = reader.finish().map_err(|e| ImageError::Read {
         what: what.clone(),
         source: e,
     })?;
     verify(&what, digest, size, &actual, actual_size)
+}
+
+/// Copies `from` to its end into `to`; returns the bytes copied. Read and write
+/// failures stay apart: one is the source's fault, the other the destination's.
+fn copy_data(from: &mut dyn Read, to: &mut dyn Write) -> Result<u64, CopyError> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut copied = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(copied),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        copied += n as u64;
+    }
 }
 
 fn copy_error(e: CopyError, what: &str, dest: &str) -> ImageError {
