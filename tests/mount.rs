@@ -195,6 +195,14 @@ fn walk_file(env: &TestEnv, rel: &str) -> Tree {
     parse_walk(&read_work(env, rel))
 }
 
+/// Mounts `image` in a namespace of the test's own, walks the mount, unmounts.
+fn mounted_walk(env: &TestEnv, image: &str) -> Tree {
+    let mnt = env.mkdir("mnt");
+    let script = format!(r#"S mount {image} "$1"; walk "$1" > "$W/walk.jsonl"; S umount "$1""#);
+    assert_ok(&ns_sh(env, &script, &[mnt.as_os_str()]));
+    walk_file(env, "walk.jsonl")
+}
+
 /// Walks umoci's rootless unpack of `layout:v1` (as the test user).
 fn umoci_tree(env: &TestEnv, layout: &Written, name: &str) -> Tree {
     let dest = env.path(&format!("umoci-{name}"));
@@ -224,14 +232,7 @@ fn multi_layer_image_mounts_as_its_layers_say_and_as_umoci_unpacks_it() {
     let env = TestEnv::new("mount-rich");
     let layers = rich_layers();
     let layout = import_layers(&env, &layers, "rich:v1");
-    let mnt = env.mkdir("mnt");
-    let out = ns_sh(
-        &env,
-        r#"S mount rich:v1 "$1"; walk "$1" > "$W/walk.jsonl"; S umount "$1""#,
-        &[mnt.as_os_str()],
-    );
-    assert_ok(&out);
-    let got = walk_file(&env, "walk.jsonl");
+    let got = mounted_walk(&env, "rich:v1");
 
     // Against the layers' own model: in `unshare -Ur` only 0 is mapped, so every
     // owner shows as 0.
@@ -318,6 +319,7 @@ fn multi_layer_image_mounts_as_its_layers_say_and_as_umoci_unpacks_it() {
 
     // With the user's subordinate ids mapped too, owners in the range show as the tar
     // said, and only those beyond it are squashed.
+    let mnt = env.path("mnt");
     match ns_sh_subids(
         &env,
         r#"S mount rich:v1 "$1"; walk "$1" > "$W/walk-subids.jsonl"; S umount "$1""#,
@@ -585,14 +587,7 @@ fn hundred_layer_image() {
         layers.push(l);
     }
     import_layers(&env, &layers, "hundred:v1");
-    let mnt = env.mkdir("mnt");
-    let out = ns_sh(
-        &env,
-        r#"S mount hundred:v1 "$1"; walk "$1" > "$W/walk.jsonl"; S umount "$1""#,
-        &[mnt.as_os_str()],
-    );
-    assert_ok(&out);
-    let got = walk_file(&env, "walk.jsonl");
+    let got = mounted_walk(&env, "hundred:v1");
     assert_no_diffs(
         "mount vs 100 layers",
         &diff_model(&got, &union_model(&layers), Checks::all().squashed()),
@@ -1249,14 +1244,7 @@ fn xattr_values_holding_newlines_show_as_the_tar_said() {
         Entry::file("etc/caps", "x").xattr("user.binary", [b'a', b'\n', 0, b'b', b'\n']),
     ]];
     import_layers(&env, &layers, "nl:v1");
-    let mnt = env.mkdir("mnt");
-    let out = ns_sh(
-        &env,
-        r#"S mount nl:v1 "$1"; walk "$1" > "$W/walk.jsonl"; S umount "$1""#,
-        &[mnt.as_os_str()],
-    );
-    assert_ok(&out);
-    let got = walk_file(&env, "walk.jsonl");
+    let got = mounted_walk(&env, "nl:v1");
     assert_no_diffs(
         "xattr with newlines",
         &diff_model(&got, &union_model(&layers), Checks::all().squashed()),
