@@ -13,6 +13,7 @@ pub mod builder;
 pub mod fsdiff;
 pub mod harness;
 pub mod mountns;
+pub mod overlay;
 pub mod snapshot;
 
 #[allow(unused_imports)]
