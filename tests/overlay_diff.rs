@@ -283,7 +283,29 @@ fn run_sequences(env: &TestEnv, lowers: &Lowers, seeds: &[u64], opts: RunOpts) -
             opts.sabotage_at.map(|i| i.to_string()).unwrap_or_default(),
             u8::from(opts.check_upper),
         );
-        assert_ok(&ns_sh(env, &script, &[]));
+        let run = ns_sh(env, &script, &[]);
+        if !run.status.success() {
+            // Say where each sequence got to: a hang or a crash shows at its last op.
+            let tails: Vec<String> = batch
+                .iter()
+                .map(|seed| {
+                    let log = fs::read_to_string(env.path(&format!("seq{seed}/ops.jsonl")))
+                        .unwrap_or_default();
+                    let lines: Vec<&str> = log.lines().collect();
+                    let from = lines.len().saturating_sub(3);
+                    format!(
+                        "seed {seed}: {} op(s) logged; the last:\n    {}",
+                        lines.len(),
+                        lines[from..].join("\n    ")
+                    )
+                })
+                .collect();
+            panic!(
+                "the sequences' script failed (seeds {list:?})\n{}\n{}",
+                describe(&run),
+                tails.join("\n")
+            );
+        }
         for &seed in batch {
             let dir = format!("seq{seed}");
             let ops = read_work(env, &format!("{dir}/ops.jsonl"))
