@@ -21,7 +21,9 @@
 #     with it, picks in the lower view (kernel overlayfs over the 5 layers, no
 #     upper) --files regular files with one link to append to, and as many
 #     others to delete, at random with a fixed seed;
-#  3. for each run (--runs, default 10) and each candidate, alternated in a
+#  3. after one untimed warm-up run of each candidate (checked like the
+#     others; it also brings the lower files into the page cache for all),
+#     for each run (--runs, default 10) and each candidate, alternated in a
 #     rotating order, mounts over a fresh empty upper U (work dir U.work):
 #       strata          strata --root STORE mount --upper U test5 M
 #       fuse-overlayfs  fuse-overlayfs -o lowerdir=L4:...:L0,upperdir=U,workdir=U.work M
@@ -58,6 +60,11 @@
 #   own     each candidate's own policy: no volatile, no fsync=0 (so kernel
 #           overlayfs fsyncs each copied-up file); the syncs as with none.
 # strata has no switch for it: whatever it does, it does in every mode.
+#
+# The uppers are never removed during a run (at the end only): on ext4 without
+# a journal, as here, mass creates are several times slower for a minute or so
+# after mass deletes, for every candidate. A previous run's cleanup can still
+# slow the first runs of the next one: leave a minute between runs.
 #
 # When `strata mount --help` has no --upper (strata's write side has not
 # landed), strata's column says unavailable and the other two still run.
@@ -161,23 +168,12 @@ inner() {
     local payload
     payload=$(head -c "$PAYLOAD_SIZE" /dev/zero | tr '\0' y)
 
-    # Each candidate's entry count before any change (strata shows device nodes
-    # that the overlay-format layers lack): one trial mount each, which also
-    # shows that each mounts read-write before the timing starts.
-    declare -gA BEFORE=()
-    for c in "${cands[@]}"; do
-        timed_mount "$c" "$uppers/trial-$c"
-        BEFORE[$c]=$(python3 "$report" count "$work/mnt/$c")
-        echo trial >"$work/mnt/$c/bench-trial" || die "$c: cannot create a file in its mount"
-        umount_c "$c"
-        [ -f "$uppers/trial-$c/bench-trial" ] || die "$c: a file created through the mount is not in its upper"
-    done
-    note "entries before the changes: $(for c in "${cands[@]}"; do printf '%s %s; ' "$c" "${BEFORE[$c]}"; done)"
-
     # One step: runs "$@" with stderr to a file, timed (with the syncs for
-    # --fsync syncfs), then the syncs (otherwise), then the check.
+    # --fsync syncfs), then the syncs (otherwise), then the check. Run 0 (the
+    # warm-up) is not recorded.
     step() {  # name candidate run upper check-args -- command...
-        local s=$1 c=$2 r=$3 u=$4 m=$work/mnt/$2 t0 t1 rc=0 checkargs=()
+        local s=$1 c=$2 r=$3 u=$4 m=$work/mnt/$2 t0 t1 rc=0 checkargs=() label=$3
+        [ "$r" != 0 ] || label="0 (the warm-up)"
         shift 4
         while [ "$1" != -- ]; do checkargs+=("$1"); shift; done
         shift
@@ -188,11 +184,11 @@ inner() {
         [ "$fsync" = syncfs ] || sync_all "$m" "$u" || rc=$?
         if [ $rc != 0 ]; then
             sed -n '1,5p' "$work/step.err" >&2
-            die "$c, run $r: step '$s' failed (status $rc; $(wc -l <"$work/step.err") error lines)"
+            die "$c, run $label: step '$s' failed (status $rc; $(wc -l <"$work/step.err") error lines)"
         fi
-        printf '%s\t%s\t%s\t%s\t%s\n' "$s" "$c" "$r" "$t0" "$t1" >>"$times"
+        [ "$r" = 0 ] || printf '%s\t%s\t%s\t%s\t%s\n' "$s" "$c" "$r" "$t0" "$t1" >>"$times"
         python3 "$report" check "$s" "$m" "$sel" "${checkargs[@]}" >&2 ||
-            die "$c, run $r: the check after step '$s' failed (above): the mount did not do what it was asked"
+            die "$c, run $label: the check after step '$s' failed (above): the mount did not do what it was asked"
     }
     # The three workloads. Paths are made before the clock starts; bash
     # builtins, so no process per file.
@@ -208,20 +204,43 @@ inner() {
         [ $fail = 0 ] || { echo "$fail creates failed" >&2; return 1; }
     }
     do_delete() { rm -- "${del_paths[@]}"; }
+    # Sets the paths of candidate $1's mount for the three steps.
+    paths_for() {
+        local m=$work/mnt/$1
+        app_paths=("${app_rel[@]/#/$m/}") new_paths=("${new_rel[@]/#/$m/}")
+        dir_paths=("${dir_rel[@]/#/$m/}") del_paths=("${del_rel[@]/#/$m/}")
+    }
 
-    local r u m total
+    # A warm-up run of each candidate, untimed, checked like the others: it
+    # shows that each mounts read-write and does the steps before any timing,
+    # brings the lower files into the page cache for all, and counts each
+    # one's entries before any change (strata shows device nodes that the
+    # overlay-format layers lack).
+    declare -gA BEFORE=()
+    for c in "${cands[@]}"; do
+        u=$uppers/warmup-$c
+        timed_mount "$c" "$u"
+        BEFORE[$c]=$(python3 "$report" count "$work/mnt/$c")
+        paths_for "$c"
+        step append "$c" 0 "$u" -- do_append
+        step create "$c" 0 "$u" --dirs "$ndirs" --creates "$ncreates" --size "$PAYLOAD_SIZE" -- do_create
+        step delete "$c" 0 "$u" --total $((BEFORE[$c] + ndirs + ncreates - nfiles)) -- do_delete
+        umount_c "$c"
+        [ -f "$u/${new_rel[0]}" ] || die "$c: a file created through the mount is not in its upper"
+    done
+    note "warm-up run done; entries before the changes: $(for c in "${cands[@]}"; do printf '%s %s; ' "$c" "${BEFORE[$c]}"; done)"
+
+    local r m
     note "$runs runs of each of ${cands[*]} (--fsync $fsync)"
     for r in $(seq "$runs"); do
         bench_rotate "$r" "${cands[@]}"
         for c in "${bench_order[@]}"; do
             m=$work/mnt/$c u=$uppers/$c-$r
-            app_paths=("${app_rel[@]/#/$m/}") new_paths=("${new_rel[@]/#/$m/}")
-            dir_paths=("${dir_rel[@]/#/$m/}") del_paths=("${del_rel[@]/#/$m/}")
-            total=$((BEFORE[$c] + ndirs + ncreates - nfiles))
+            paths_for "$c"
             timed_mount "$c" "$u" "$r"
             step append "$c" "$r" "$u" -- do_append
             step create "$c" "$r" "$u" --dirs "$ndirs" --creates "$ncreates" --size "$PAYLOAD_SIZE" -- do_create
-            step delete "$c" "$r" "$u" --total "$total" -- do_delete
+            step delete "$c" "$r" "$u" --total $((BEFORE[$c] + ndirs + ncreates - nfiles)) -- do_delete
             if [ "$r" = 1 ]; then BENCH_LISTING_MTIME=0 bench_listing "$m" "$work/cmp-$c"; fi
             if [ "$r" = "$runs" ] && [ -n "${DPID[$c]:-}" ] && [ -r "/proc/${DPID[$c]}/status" ]; then
                 printf '%s\t%s\n' "$c" "$(awk '/^VmHWM/ {print $2 " " $3}' "/proc/${DPID[$c]}/status")" >>"$work/rss.tsv"

@@ -263,8 +263,8 @@ def table(args):
 Cells: median seconds over {len(runs)} runs, (min–max); ratios are of medians. Each
 run of a candidate mounts the image's layers read-write over a fresh, empty upper
 directory and does the three steps in order, each timed on its own, then unmounts;
-the candidates alternate run by run in a rotating order, with all uppers on one
-filesystem. The steps run in one bash (builtins, no process per file): step 1 is
+the candidates alternate run by run in a rotating order, after one untimed warm-up
+run of each, with all uppers on one filesystem. The steps run in one bash (builtins, no process per file): step 1 is
 `printf x >>FILE` per file (the first write to a lower file copies it up), step 2
 one `mkdir` of the {args.dirs} directories then `printf %s 100-BYTES >FILE` per file,
 step 3 one `rm` of the {args.files} files. The files of steps 1 and 3 are regular files
@@ -301,7 +301,7 @@ gone, and the mount holds the expected number of entries; the script fails if no
             print("\nThe trees after the three steps of the first run, against kernel overlayfs's"
                   " (mtimes not compared):\n")
             for line in summary:
-                print(f"- {line[len('trees: '):]}")
+                print(f"- {line[len('trees: '):].replace(' mtimes,', '')}")
             details = [line for line in lines if not line.startswith("trees: ")]
             if details:
                 print("\n```")
