@@ -17,7 +17,7 @@ use strata::image::Digest;
 use strata::image::layer::{EntryKind, Metadata};
 use strata::store::Store;
 use strata::store::layer_index::{IndexEntry, encode};
-use strata::unionfs::fs::{LOWER_TTL, LowerFs};
+use strata::unionfs::fs::{LOWER_TTL, UnionFs};
 use strata::unionfs::idmap::IdMap;
 use strata::unionfs::mount::{check_fuse_device, mount};
 use strata::unionfs::view::View;
@@ -116,7 +116,7 @@ fn mount_chain(store: &Store, chain: &[Digest], at: &Path, ttl: Duration) {
                 .into()
         })
         .collect();
-    let fs = LowerFs::new(
+    let fs = UnionFs::new(
         view,
         trees,
         IdMap::of_current("uid_map"),

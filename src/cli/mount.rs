@@ -5,11 +5,19 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use nix::sys::signal::{SigSet, Signal};
 use strata::store::Store;
-use strata::unionfs::mount::{Mounted, image_fs, mount, unmount};
+use strata::unionfs::mount::{Mounted, UpperDirs, image_fs, mount, unmount};
 
-/// Mount an image's layers, read-only, with strata's union filesystem
+/// Mount an image's layers with strata's union filesystem: read-only, or writable
+/// with --upper
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Make the mount writable, keeping changes in this directory (created if
+    /// missing); kernel overlayfs and fuse-overlayfs can read it as their upperdir
+    #[arg(long, value_name = "DIR")]
+    upper: Option<PathBuf>,
+    /// The work directory for --upper, on the same filesystem [default: UPPER.work]
+    #[arg(long, value_name = "DIR", requires = "upper")]
+    work: Option<PathBuf>,
     /// The image: NAME[:TAG], an ID prefix, or @sha256:<digest>
     image: String,
     /// An existing directory to mount on
@@ -29,7 +37,8 @@ const STOP_SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGH
 
 pub fn run(store: &Store, args: Args) -> anyhow::Result<()> {
     let image = store.images().load()?.find(&args.image)?.clone();
-    let fs = image_fs(store, &image)?;
+    let upper = args.upper.map(|dir| UpperDirs::new(dir, args.work));
+    let fs = image_fs(store, &image, upper.as_ref())?;
     let mut mounted = mount(fs, &args.mountpoint)?;
     if !args.foreground {
         detach()?;

@@ -1,63 +1,85 @@
-//! The FUSE filesystem over a flattened lower view.
+//! The FUSE filesystem: the lower view, and over it, when there is one, the writable
+//! upper.
 //!
-//! Inode numbers are positions in the view (plus one, so the root is 1): the same on
-//! every mount of the same chain, and never the backing files' dev/ino. The names of
-//! one hardlinked node share the inode of the first of them. Lookup, getattr, readdir,
-//! readlink and xattrs are answered from the view in memory, with no syscall; only
-//! reads touch the layer trees, through one descriptor per open inode, opened beneath
-//! the layer's tree without following any symlink.
+//! Reading is answered from memory (the view, and what `merge` knows of the upper);
+//! only file data and upper attributes touch the disk. Every change is made in the
+//! upper first and then recorded in memory under one lock; the one slow step, copying
+//! a lower file's data up, runs outside that lock, so a big copy-up never holds up
+//! lookups elsewhere.
 //!
-//! Lower entries never change, so the kernel may cache attributes, entries and
-//! negative lookups for as long as it likes.
+//! The kernel is told to open files and directories without asking us (zero-message
+//! open): data is found by inode, not by handle. So an unlinked file that is still
+//! open stays readable because its node keeps the upper file open until the kernel
+//! forgets the inode.
+//!
+//! The kernel's caches: all changes go through this mount, and the kernel's FUSE
+//! layer updates or drops what it cached of every inode and directory an operation
+//! names (new attributes from our replies, directory listings and parent attributes
+//! invalidated on create, unlink and rename). What it cannot know of, a copy-up that
+//! gives other names of a hardlinked file new data, concerns the same inode, so the
+//! kernel's page cache of it stays right. Hence no notifier is needed for changes
+//! through the mount; see `mount` for how the upper may not be changed behind it.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime};
 
-use crate::store::fsutil::open_beneath;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    KernelConfig, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow,
 };
-use nix::fcntl::OFlag;
+use nix::sys::stat::{FileStat, SFlag};
+use nix::sys::time::TimeSpec;
 
 use super::idmap::IdMap;
+use super::lower::{BLOCK_SIZE, Lower, file_type, to_system_time};
+use super::merge::{DirState, Node, Slot, State, UPPER_INO_BIT, cookie};
+use super::upper::{
+    NewNode, OverrideStat, PreparedCopy, Upper, UpperEntry, UpperError, is_private_xattr,
+};
 use super::view::View;
-use crate::image::layer::{EntryKind, split_last};
+use crate::image::layer::EntryKind;
 use crate::store::lock::FileLock;
 
-/// How long the kernel may trust what we tell it about immutable lower entries.
+/// How long the kernel may trust what we tell it. Lower entries never change, and
+/// every change to the upper goes through the kernel, which updates its caches.
 pub const LOWER_TTL: Duration = Duration::from_secs(24 * 3600);
 const GENERATION: Generation = Generation(1);
-const BLOCK_SIZE: u32 = 4096;
-/// Backing descriptors kept open at most; past it the cache starts afresh (readers
-/// in flight keep theirs alive through their Arc).
-const OPEN_FILES_LIMIT: usize = 4096;
+const ROOT: u64 = 1;
+/// Copy-ups of different files run at once; of one file, one at a time.
+const COPY_STRIPES: usize = 64;
+const NAME_MAX: usize = 255;
 
-/// The read-only union of a layer chain.
-pub struct LowerFs {
-    view: View,
-    /// Directory descriptors of each layer's `tree/`, bottom first.
-    trees: Vec<OwnedFd>,
-    /// Per view position: its inode (hardlinks share the first name's).
-    inode: Vec<u64>,
-    /// Per view position: the position of its parent directory.
-    parent: Vec<u32>,
-    /// Children of each directory: `children[child_start[i]..child_start[i + 1]]`.
-    children: Vec<u32>,
-    child_start: Vec<u32>,
-    uids: IdMap,
-    gids: IdMap,
-    /// Backing files by inode, opened on first read. Bounded: see OPEN_FILES_LIMIT.
-    open_files: Mutex<HashMap<u64, Arc<File>>>,
-    /// The kernel agreed to open files and directories without asking us: an open
-    /// costs no round trip, and the page cache is kept.
+type Res<T> = Result<T, Errno>;
+
+fn errno(e: UpperError) -> Errno {
+    Errno::from_i32(e.errno().map_or(libc::EIO, |e| e as i32))
+}
+
+fn nix_errno(e: nix::errno::Errno) -> Errno {
+    Errno::from_i32(e as i32)
+}
+
+/// The writable side: the upper on disk and what we know of it.
+struct Writable {
+    upper: Upper,
+    state: RwLock<State>,
+    copy_locks: Vec<Mutex<()>>,
+    /// fsync copy-ups before they appear, as kernel overlayfs does by default.
+    fsync_copy_up: bool,
+}
+
+/// The union of a layer chain, read-only or with a writable upper.
+pub struct UnionFs {
+    lower: Lower,
+    writable: Option<Writable>,
+    /// The kernel agreed to open files and directories without asking us.
     zero_message_open: bool,
     zero_message_opendir: bool,
     /// What the kernel may cache, and for how long (LOWER_TTL but in benchmarks).
@@ -66,65 +88,19 @@ pub struct LowerFs {
     _held: Vec<FileLock>,
 }
 
-impl LowerFs {
-    /// Serves `view`, whose layer `i` has its files under `trees[i]`.
-    pub fn new(view: View, trees: Vec<OwnedFd>, uids: IdMap, gids: IdMap) -> LowerFs {
-        let n = view.len();
-        let mut parent = vec![0u32; n];
-        let mut stack: Vec<usize> = Vec::new();
-        for (i, parent_of_i) in parent.iter_mut().enumerate() {
-            let path = view.index.entry(i).path();
-            if !path.is_empty() {
-                let (dir, _) = split_last(path);
-                while let Some(&top) = stack.last() {
-                    if view.index.entry(top).path() == dir {
-                        break;
-                    }
-                    stack.pop();
-                }
-                *parent_of_i = stack.last().copied().unwrap_or(0) as u32;
-            }
-            if view.index.entry(i).kind() == EntryKind::Dir {
-                stack.push(i);
-            }
-        }
-        let mut counts = vec![0u32; n + 1];
-        for &p in parent.iter().skip(1) {
-            counts[p as usize + 1] += 1;
-        }
-        let child_start: Vec<u32> = counts
-            .iter()
-            .scan(0u32, |acc, &c| {
-                *acc += c;
-                Some(*acc)
-            })
-            .collect();
-        let mut fill = child_start.clone();
-        let mut children = vec![0u32; n.saturating_sub(1)];
-        for (i, &p) in parent.iter().enumerate().skip(1) {
-            children[fill[p as usize] as usize] = i as u32;
-            fill[p as usize] += 1;
-        }
-        let mut first_of_group: HashMap<u32, u64> = HashMap::new();
-        let inode = (0..n)
-            .map(|i| {
-                let own = i as u64 + 1;
-                match view.index.entry(i).hardlink_group() {
-                    0 => own,
-                    g => *first_of_group.entry(g).or_insert(own),
-                }
-            })
-            .collect();
-        LowerFs {
-            view,
-            trees,
-            inode,
-            parent,
-            children,
-            child_start,
-            uids,
-            gids,
-            open_files: Mutex::new(HashMap::new()),
+/// What a name resolves to, or that its directory must be scanned first.
+enum Resolved {
+    Found(u64),
+    Absent,
+    NeedScan,
+}
+
+impl UnionFs {
+    /// Serves `view` read-only; its layer `i` has its files under `trees[i]`.
+    pub fn new(view: View, trees: Vec<OwnedFd>, uids: IdMap, gids: IdMap) -> UnionFs {
+        UnionFs {
+            lower: Lower::new(view, trees, uids, gids),
+            writable: None,
             zero_message_open: false,
             zero_message_opendir: false,
             ttl: LOWER_TTL,
@@ -132,114 +108,1207 @@ impl LowerFs {
         }
     }
 
+    /// Makes the union writable, with `upper` over the lower view.
+    pub fn with_upper(mut self, upper: Upper) -> UnionFs {
+        let mut state = State::default();
+        let root_lower = (!self.lower.is_empty()).then_some(0);
+        let mut root = Node::upper(FileType::Directory, root_lower, (ROOT, Vec::new()));
+        root.links.clear();
+        state.nodes.insert(ROOT, root);
+        self.writable = Some(Writable {
+            upper,
+            state: RwLock::new(state),
+            copy_locks: (0..COPY_STRIPES).map(|_| Mutex::new(())).collect(),
+            fsync_copy_up: true,
+        });
+        self
+    }
+
     /// Keeps `locks` (the layers' use locks) for as long as the filesystem lives.
-    pub fn holding(mut self, locks: Vec<FileLock>) -> LowerFs {
+    pub fn holding(mut self, locks: Vec<FileLock>) -> UnionFs {
         self._held = locks;
         self
     }
 
     /// Sets how long the kernel may cache entries and attributes. Zero sends every
     /// lookup and stat to the daemon: what benchmarks of its own cost want.
-    pub fn with_ttl(mut self, ttl: Duration) -> LowerFs {
+    pub fn with_ttl(mut self, ttl: Duration) -> UnionFs {
         self.ttl = ttl;
         self
     }
 
-    /// The view position an inode stands for.
-    fn position(&self, ino: INodeNo) -> Option<usize> {
-        let pos = ino.0.checked_sub(1)? as usize;
-        (pos < self.view.len()).then_some(pos)
+    pub fn is_writable(&self) -> bool {
+        self.writable.is_some()
     }
 
-    fn children_of(&self, pos: usize) -> &[u32] {
-        let (start, end) = (
-            self.child_start[pos] as usize,
-            self.child_start[pos + 1] as usize,
-        );
-        &self.children[start..end]
+    fn w(&self) -> Res<&Writable> {
+        self.writable.as_ref().ok_or(Errno::EROFS)
     }
 
-    fn lookup_child(&self, parent: usize, name: &[u8]) -> Option<usize> {
-        let dir = self.view.index.entry(parent).path();
-        let mut path = Vec::with_capacity(dir.len() + 1 + name.len());
-        if !dir.is_empty() {
-            path.extend_from_slice(dir);
+    fn read_state(&self) -> Option<RwLockReadGuard<'_, State>> {
+        self.writable
+            .as_ref()
+            .map(|w| w.state.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn write_state<'a>(&self, w: &'a Writable) -> RwLockWriteGuard<'a, State> {
+        w.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ---------------------------------------------------------------------------
+    // Resolving names and nodes
+
+    /// Where a directory's lower names come from, without the upper.
+    fn lower_dir_of(&self, st: Option<&State>, dir: u64) -> Option<usize> {
+        match st.and_then(|s| s.nodes.get(&dir)) {
+            Some(node) => node.lower,
+            None => self.lower.position(dir),
+        }
+    }
+
+    fn resolve_in(&self, st: Option<&State>, dir: u64, name: &[u8]) -> Resolved {
+        if let Some(st) = st {
+            if let Some(ds) = st.dirs.get(&dir) {
+                return match ds.entries.get(name) {
+                    Some(Slot::Node(ino)) => Resolved::Found(*ino),
+                    Some(Slot::Whiteout) => Resolved::Absent,
+                    None => self.lower_child(ds.lower, name),
+                };
+            }
+            if st.is_upper(dir) {
+                return Resolved::NeedScan;
+            }
+        }
+        self.lower_child(self.lower_dir_of(st, dir), name)
+    }
+
+    fn lower_child(&self, dir: Option<usize>, name: &[u8]) -> Resolved {
+        match dir.and_then(|d| self.lower.lookup_child(d, name)) {
+            Some(pos) => Resolved::Found(self.lower.inode(pos)),
+            None => Resolved::Absent,
+        }
+    }
+
+    /// Resolves under the write lock, scanning the directory when it must.
+    fn resolve_mut(&self, st: &mut State, dir: u64, name: &[u8]) -> Res<Option<u64>> {
+        loop {
+            match self.resolve_in(Some(st), dir, name) {
+                Resolved::Found(ino) => return Ok(Some(ino)),
+                Resolved::Absent => return Ok(None),
+                Resolved::NeedScan => self.scan_dir(st, dir)?,
+            }
+        }
+    }
+
+    /// Resolves a name for a lookup: a read lock, and a write lock only to scan.
+    fn resolve(&self, dir: u64, name: &[u8]) -> Res<Option<u64>> {
+        {
+            let st = self.read_state();
+            match self.resolve_in(st.as_deref(), dir, name) {
+                Resolved::Found(ino) => return Ok(Some(ino)),
+                Resolved::Absent => return Ok(None),
+                Resolved::NeedScan => {}
+            }
+        }
+        let w = self.w()?;
+        let mut st = self.write_state(w);
+        self.resolve_mut(&mut st, dir, name)
+    }
+
+    /// Reads an upper directory into memory, once.
+    fn scan_dir(&self, st: &mut State, dir: u64) -> Res<()> {
+        let w = self.w()?;
+        let path = self.path(st, dir).ok_or(Errno::ENOENT)?;
+        let (entries, opaque) = w.upper.read_dir(&path).map_err(errno)?;
+        let merged_lower = if opaque {
+            None
+        } else {
+            st.nodes.get(&dir).and_then(|n| n.lower)
+        };
+        let mut ds = DirState {
+            lower: merged_lower,
+            entries: Default::default(),
+        };
+        for entry in entries {
+            match entry {
+                UpperEntry::Whiteout { name } => {
+                    ds.entries.insert(name, Slot::Whiteout);
+                }
+                UpperEntry::Node {
+                    name,
+                    stat,
+                    origin,
+                    opaque,
+                    over,
+                } => {
+                    let (ino, lower) = self.identify(&ds, &name, &stat, origin.as_deref(), opaque);
+                    let node = st.nodes.entry(ino).or_insert_with(|| Node {
+                        kind: stat_kind(&stat),
+                        lower,
+                        in_upper: true,
+                        links: Vec::new(),
+                        file: None,
+                        over,
+                    });
+                    node.in_upper = true;
+                    if !node.links.iter().any(|(d, n)| *d == dir && *n == name) {
+                        node.links.push((dir, name.clone()));
+                    }
+                    ds.entries.insert(name, Slot::Node(ino));
+                }
+            }
+        }
+        if let Some(node) = st.nodes.get_mut(&dir) {
+            node.lower = ds.lower;
+        }
+        st.dirs.insert(dir, ds);
+        Ok(())
+    }
+
+    /// The inode of an upper entry, and the lower position it stands for.
+    fn identify(
+        &self,
+        parent: &DirState,
+        name: &[u8],
+        stat: &FileStat,
+        origin: Option<&[u8]>,
+        opaque: bool,
+    ) -> (u64, Option<usize>) {
+        let is_dir = stat_kind(stat) == FileType::Directory;
+        let same_name = parent
+            .lower
+            .and_then(|d| self.lower.lookup_child(d, name))
+            .filter(|&p| is_dir && self.lower.kind(p) == EntryKind::Dir);
+        let from_origin = origin.and_then(|o| self.lower.view.index.search(o).ok());
+        let merged = if opaque { None } else { same_name };
+        match (from_origin, same_name) {
+            (Some(pos), _) => (
+                self.lower.inode(pos),
+                if is_dir { merged } else { Some(pos) },
+            ),
+            (None, Some(pos)) if !opaque => (self.lower.inode(pos), Some(pos)),
+            _ => (UPPER_INO_BIT | stat.st_ino, None),
+        }
+    }
+
+    /// A node's path in the upper ("" for the root), if it still has a name.
+    fn path(&self, st: &State, ino: u64) -> Option<Vec<u8>> {
+        if ino == ROOT {
+            return Some(Vec::new());
+        }
+        match st.nodes.get(&ino) {
+            Some(node) => {
+                let (dir, name) = node.links.first()?;
+                let mut path = self.path(st, *dir)?;
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(name);
+                Some(path)
+            }
+            None => self
+                .lower
+                .position(ino)
+                .map(|p| self.lower.path(p).to_vec()),
+        }
+    }
+
+    fn child_path(&self, st: &State, dir: u64, name: &[u8]) -> Res<Vec<u8>> {
+        let mut path = self.path(st, dir).ok_or(Errno::ENOENT)?;
+        if !path.is_empty() {
             path.push(b'/');
         }
         path.extend_from_slice(name);
-        self.view.index.search(&path).ok()
+        Ok(path)
     }
 
-    fn attr(&self, pos: usize) -> FileAttr {
-        let entry = self.view.index.entry(pos);
-        let meta = entry.meta();
-        let kind = file_type(entry.kind());
-        let mtime = to_system_time(meta.mtime_sec, meta.mtime_nsec);
-        let size = if kind == FileType::Directory {
-            u64::from(BLOCK_SIZE)
-        } else {
-            meta.size
+    fn kind(&self, st: Option<&State>, ino: u64) -> Option<FileType> {
+        match st.and_then(|s| s.nodes.get(&ino)) {
+            Some(node) => Some(node.kind),
+            None => self
+                .lower
+                .position(ino)
+                .map(|p| file_type(self.lower.kind(p))),
+        }
+    }
+
+    /// What stat says of a node.
+    fn attr(&self, st: Option<&State>, ino: u64) -> Res<FileAttr> {
+        let node = st.and_then(|s| s.nodes.get(&ino));
+        match node {
+            Some(node) if node.in_upper || node.file.is_some() => {
+                let stat = match (&node.file, st.and_then(|s| self.path(s, ino))) {
+                    (Some(file), _) => nix::sys::stat::fstat(file.as_fd()).map_err(nix_errno)?,
+                    (None, Some(path)) => self.w()?.upper.stat(&path).map_err(errno)?,
+                    (None, None) => return Err(Errno::ENOENT),
+                };
+                Ok(self.upper_attr(ino, &stat, node.over.as_ref()))
+            }
+            Some(node) => {
+                let pos = node.lower.ok_or(Errno::ENOENT)?;
+                let mut attr = self.lower.attr(pos);
+                attr.ino = INodeNo(ino);
+                if node.links.is_empty() {
+                    attr.nlink = 0;
+                }
+                Ok(attr)
+            }
+            None => self
+                .lower
+                .position(ino)
+                .map(|p| self.lower.attr(p))
+                .ok_or(Errno::ENOENT),
+        }
+    }
+
+    fn upper_attr(&self, ino: u64, st: &FileStat, over: Option<&OverrideStat>) -> FileAttr {
+        let time = |s: i64, ns: i64| to_system_time(s, ns as u32);
+        let (uid, gid, perm) = match over {
+            Some(o) => (
+                self.lower.uids.show(o.uid),
+                self.lower.gids.show(o.gid),
+                o.mode as u16,
+            ),
+            None => (st.st_uid, st.st_gid, (st.st_mode & 0o7777) as u16),
         };
         FileAttr {
-            ino: INodeNo(self.inode[pos]),
-            size,
-            blocks: size.div_ceil(512),
-            atime: mtime,
-            mtime,
-            ctime: mtime,
-            crtime: mtime,
-            kind,
-            perm: (meta.mode & 0o7777) as u16,
-            nlink: self.view.nlink(pos),
-            uid: self.uids.show(meta.uid),
-            gid: self.gids.show(meta.gid),
-            rdev: libc::makedev(meta.rdev_major, meta.rdev_minor) as u32,
+            ino: INodeNo(ino),
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: time(st.st_ctime, st.st_ctime_nsec),
+            crtime: time(st.st_ctime, st.st_ctime_nsec),
+            kind: stat_kind(st),
+            perm,
+            nlink: st.st_nlink as u32,
+            uid,
+            gid,
+            rdev: st.st_rdev as u32,
             blksize: BLOCK_SIZE,
             flags: 0,
         }
     }
 
-    /// The shared descriptor of an inode's backing file, opened on first use.
-    fn backing_file(&self, pos: usize) -> Result<Arc<File>, Errno> {
-        let ino = self.inode[pos];
-        if let Some(file) = self
-            .open_files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&ino)
-        {
-            return Ok(file.clone());
+    /// The names a directory shows, in cookie order: (cookie, inode, name).
+    fn listing(&self, st: Option<&State>, dir: u64) -> Res<Vec<(u64, u64, Vec<u8>)>> {
+        let mut out: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        let ds = st.and_then(|s| s.dirs.get(&dir));
+        let lower_dir = match ds {
+            Some(ds) => ds.lower,
+            None => self.lower_dir_of(st, dir),
+        };
+        if let Some(ds) = ds {
+            for (name, slot) in &ds.entries {
+                if let Slot::Node(ino) = slot {
+                    out.push((cookie(name), *ino, name.clone()));
+                }
+            }
         }
-        let tree = &self.trees[self.view.layer(pos)];
-        let fd = open_beneath(
-            tree.as_fd(),
-            self.view.index.entry(pos).path(),
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW,
-        )
-        .map_err(|e| Errno::from_i32(e as i32))?;
-        let file = Arc::new(File::from(fd));
-        let mut open = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
-        if open.len() >= OPEN_FILES_LIMIT {
-            open.clear();
+        if let Some(lp) = lower_dir {
+            for &child in self.lower.children_of(lp) {
+                let name = self.lower.name(child as usize);
+                if ds.is_some_and(|d| d.entries.contains_key(name)) {
+                    continue;
+                }
+                out.push((
+                    cookie(name),
+                    self.lower.inode(child as usize),
+                    name.to_vec(),
+                ));
+            }
         }
-        Ok(open.entry(ino).or_insert(file).clone())
+        out.sort_unstable();
+        Ok(out)
     }
 
-    /// The entries of a directory listing from `offset` on: ".", "..", then children.
-    fn listing(&self, pos: usize, offset: u64) -> impl Iterator<Item = (u64, usize, &[u8])> {
-        let dots = [
-            (1u64, pos, &b"."[..]),
-            (2, self.parent[pos] as usize, &b".."[..]),
-        ];
-        let kids = self
-            .children_of(pos)
-            .iter()
-            .enumerate()
-            .map(move |(k, &child)| {
-                let name = split_last(self.view.index.entry(child as usize).path()).1;
-                (k as u64 + 3, child as usize, name)
+    fn parent_of(&self, st: Option<&State>, dir: u64) -> u64 {
+        match st.and_then(|s| s.nodes.get(&dir)) {
+            Some(node) => node.links.first().map_or(ROOT, |l| l.0),
+            None => self
+                .lower
+                .position(dir)
+                .map_or(ROOT, |p| self.lower.parent_inode(p)),
+        }
+    }
+
+    /// Makes sure the directory can be listed: scans it if it is in the upper.
+    fn ready_dir(&self, dir: u64) -> Res<()> {
+        let needs = self
+            .read_state()
+            .is_some_and(|st| st.is_upper(dir) && !st.dirs.contains_key(&dir));
+        if needs {
+            let w = self.w()?;
+            let mut st = self.write_state(w);
+            if !st.dirs.contains_key(&dir) {
+                self.scan_dir(&mut st, dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------
+    // Copy-up
+
+    /// Gives a directory its upper copy (its parents first) and scans it.
+    fn ensure_upper_dir(&self, st: &mut State, dir: u64) -> Res<()> {
+        let w = self.w()?;
+        if st.is_upper(dir) {
+            if !st.dirs.contains_key(&dir) {
+                self.scan_dir(st, dir)?;
+            }
+            return Ok(());
+        }
+        let pos = self.lower.position(dir).ok_or(Errno::ENOENT)?;
+        if self.lower.kind(pos) != EntryKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let parent = self.lower.parent_inode(pos);
+        self.ensure_upper_dir(st, parent)?;
+        let name = self.lower.name(pos).to_vec();
+        let path = self.child_path(st, parent, &name)?;
+        let mut meta = self.lower.node_meta(pos);
+        meta.fsync = w.fsync_copy_up;
+        w.upper.copy_up_dir(&path, &meta).map_err(errno)?;
+        let mut node = Node::upper(FileType::Directory, Some(pos), (parent, name.clone()));
+        node.over = over_of(&meta);
+        st.nodes.insert(dir, node);
+        st.dirs.insert(
+            dir,
+            DirState {
+                lower: Some(pos),
+                entries: Default::default(),
+            },
+        );
+        if let Some(ds) = st.dirs.get_mut(&parent) {
+            ds.entries.insert(name, Slot::Node(dir));
+        }
+        Ok(())
+    }
+
+    /// The names under which a lower node shows now.
+    fn visible_names(&self, st: &mut State, ino: u64, pos: usize) -> Res<Vec<(u64, Vec<u8>)>> {
+        let mut names = Vec::new();
+        for p in self.lower.names_of(pos) {
+            let dir = self.lower.parent_inode(p);
+            let name = self.lower.name(p).to_vec();
+            if self.resolve_mut(st, dir, &name)? == Some(ino) {
+                names.push((dir, name));
+            }
+        }
+        Ok(names)
+    }
+
+    /// Copies a lower file up for a change to it, the data outside the state lock.
+    /// `truncate`: the change empties it, so its data need not be copied.
+    fn copy_up(&self, ino: u64, truncate: bool) -> Res<()> {
+        let w = self.w()?;
+        let _one_at_a_time = w.copy_locks[(ino as usize) % COPY_STRIPES]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let kind = {
+            let st = self.read_state().ok_or(Errno::EROFS)?;
+            if st.is_upper(ino) || st.nodes.get(&ino).is_some_and(|n| n.file.is_some()) {
+                return Ok(());
+            }
+            self.kind(Some(&st), ino).ok_or(Errno::ENOENT)?
+        };
+        if kind != FileType::RegularFile {
+            let mut st = self.write_state(w);
+            return self.copy_up_locked(&mut st, ino);
+        }
+        let pos = {
+            let st = self.read_state();
+            self.lower_pos_of(st.as_deref(), ino)?
+        };
+        let copy = self.prepare_file_copy(pos, truncate)?;
+        let mut st = self.write_state(w);
+        self.publish_file_copy(&mut st, ino, copy)
+    }
+
+    /// Copies a node up with the state lock held: for renames and links.
+    fn copy_up_locked(&self, st: &mut State, ino: u64) -> Res<()> {
+        if st.is_upper(ino) || st.nodes.get(&ino).is_some_and(|n| n.file.is_some()) {
+            if st.is_upper(ino) && self.kind(Some(st), ino) == Some(FileType::Directory) {
+                return self.ensure_upper_dir(st, ino);
+            }
+            return Ok(());
+        }
+        match self.kind(Some(st), ino).ok_or(Errno::ENOENT)? {
+            FileType::Directory => self.ensure_upper_dir(st, ino),
+            FileType::RegularFile => {
+                let copy = self.prepare_file_copy(self.lower_pos_of(Some(st), ino)?, false)?;
+                self.publish_file_copy(st, ino, copy)
+            }
+            _ => self.copy_up_special(st, ino),
+        }
+    }
+
+    fn lower_pos_of(&self, st: Option<&State>, ino: u64) -> Res<usize> {
+        match st.and_then(|s| s.nodes.get(&ino)) {
+            Some(node) => node.lower.ok_or(Errno::ENOENT),
+            None => self.lower.position(ino).ok_or(Errno::ENOENT),
+        }
+    }
+
+    /// Copies the lower file at `pos` into work/; takes no lock of the state.
+    fn prepare_file_copy(&self, pos: usize, truncate: bool) -> Res<PreparedCopy> {
+        let w = self.w()?;
+        let src = if truncate {
+            None
+        } else {
+            Some(self.lower.backing_file(pos)?)
+        };
+        let mut meta = self.lower.node_meta(pos);
+        meta.fsync = w.fsync_copy_up;
+        w.upper
+            .prepare_copy(src.as_deref(), self.lower.path(pos), &meta)
+            .map_err(errno)
+    }
+
+    /// Puts a prepared copy under every name the node shows, or, if it has none
+    /// left (unlinked while open), keeps it as the node's data.
+    fn publish_file_copy(&self, st: &mut State, ino: u64, copy: PreparedCopy) -> Res<()> {
+        let w = self.w()?;
+        if st.is_upper(ino) {
+            w.upper.discard_copy(copy);
+            return Ok(());
+        }
+        let pos = match self.lower_pos_of(Some(st), ino) {
+            Ok(p) => p,
+            Err(e) => {
+                w.upper.discard_copy(copy);
+                return Err(e);
+            }
+        };
+        let names = match self.visible_names(st, ino, pos) {
+            Ok(n) => n,
+            Err(e) => {
+                w.upper.discard_copy(copy);
+                return Err(e);
+            }
+        };
+        let over = over_of(&self.lower.node_meta(pos));
+        let Some((first_dir, first_name)) = names.first().cloned() else {
+            let file = copy.file().try_clone().map_err(|_| Errno::EMFILE)?;
+            w.upper.discard_copy(copy);
+            let node = st.nodes.entry(ino).or_insert_with(|| Node {
+                kind: FileType::RegularFile,
+                lower: Some(pos),
+                in_upper: false,
+                links: Vec::new(),
+                file: None,
+                over,
             });
-        dots.into_iter().chain(kids).skip(offset as usize)
+            node.file = Some(Arc::new(file));
+            return Ok(());
+        };
+        if let Err(e) = self.ensure_upper_dir(st, first_dir) {
+            w.upper.discard_copy(copy);
+            return Err(e);
+        }
+        let first_path = self.child_path(st, first_dir, &first_name)?;
+        let file = w.upper.publish_copy(copy, &first_path).map_err(errno)?;
+        for (dir, name) in names.iter().skip(1) {
+            self.ensure_upper_dir(st, *dir)?;
+            let path = self.child_path(st, *dir, name)?;
+            w.upper.link(&first_path, &path, false).map_err(errno)?;
+        }
+        for (dir, name) in &names {
+            if let Some(ds) = st.dirs.get_mut(dir) {
+                ds.entries.insert(name.clone(), Slot::Node(ino));
+            }
+        }
+        st.nodes.insert(
+            ino,
+            Node {
+                kind: FileType::RegularFile,
+                lower: Some(pos),
+                in_upper: true,
+                links: names,
+                file: Some(Arc::new(file)),
+                over,
+            },
+        );
+        Ok(())
+    }
+
+    /// Copies up a symlink, fifo, socket or device node.
+    fn copy_up_special(&self, st: &mut State, ino: u64) -> Res<()> {
+        let w = self.w()?;
+        let pos = self.lower_pos_of(Some(st), ino)?;
+        let names = self.visible_names(st, ino, pos)?;
+        let Some((dir, name)) = names.into_iter().next() else {
+            return Ok(());
+        };
+        self.ensure_upper_dir(st, dir)?;
+        let path = self.child_path(st, dir, &name)?;
+        let meta = self.lower.node_meta(pos);
+        let entry = self.lower.view.index.entry(pos);
+        match entry.kind() {
+            EntryKind::Symlink => w
+                .upper
+                .copy_up_symlink(&path, entry.symlink_target(), &meta)
+                .map_err(errno)?,
+            kind => {
+                let m = entry.meta();
+                let type_bits = match kind {
+                    EntryKind::Fifo => libc::S_IFIFO,
+                    EntryKind::CharDevice => libc::S_IFCHR,
+                    EntryKind::BlockDevice => libc::S_IFBLK,
+                    _ => return Err(Errno::EPERM),
+                };
+                let node = NewNode::Special {
+                    mode: type_bits | meta.mode,
+                    rdev: libc::makedev(m.rdev_major, m.rdev_minor),
+                };
+                w.upper
+                    .create(&path, node, (meta.uid, meta.gid), false)
+                    .map_err(errno)?;
+                let times = (
+                    Some(TimeSpec::new(meta.mtime.0, i64::from(meta.mtime.1))),
+                    Some(TimeSpec::new(meta.mtime.0, i64::from(meta.mtime.1))),
+                );
+                w.upper.set_times(&path, times.0, times.1).map_err(errno)?;
+            }
+        }
+        let kind = file_type(entry.kind());
+        let mut node = Node::upper(kind, Some(pos), (dir, name.clone()));
+        node.over = if kind == FileType::Symlink {
+            None
+        } else {
+            over_of(&meta)
+        };
+        st.nodes.insert(ino, node);
+        if let Some(ds) = st.dirs.get_mut(&dir) {
+            ds.entries.insert(name, Slot::Node(ino));
+        }
+        Ok(())
+    }
+
+    /// Copies up a directory and everything in it that comes from a lower, then
+    /// marks it opaque: it no longer needs its lower, so it may move anywhere.
+    fn copy_up_tree(&self, st: &mut State, dir: u64) -> Res<()> {
+        self.ensure_upper_dir(st, dir)?;
+        let children: Vec<(u64, FileType)> = self
+            .listing(Some(st), dir)?
+            .into_iter()
+            .filter_map(|(_, ino, _)| self.kind(Some(st), ino).map(|k| (ino, k)))
+            .collect();
+        for (child, kind) in children {
+            if kind == FileType::Directory {
+                self.copy_up_tree(st, child)?;
+            } else {
+                self.copy_up_locked(st, child)?;
+            }
+        }
+        let has_lower = st.dirs.get(&dir).is_some_and(|d| d.lower.is_some());
+        if has_lower {
+            let path = self.path(st, dir).ok_or(Errno::ENOENT)?;
+            self.w()?.upper.set_opaque(&path).map_err(errno)?;
+            if let Some(ds) = st.dirs.get_mut(&dir) {
+                ds.lower = None;
+                ds.entries.retain(|_, slot| *slot != Slot::Whiteout);
+            }
+        }
+        Ok(())
+    }
+
+    /// The node's upper file, open (copied up already).
+    fn upper_file(&self, ino: u64) -> Res<Arc<File>> {
+        let w = self.w()?;
+        {
+            let st = self.read_state().ok_or(Errno::EROFS)?;
+            if let Some(file) = st.nodes.get(&ino).and_then(|n| n.file.clone()) {
+                return Ok(file);
+            }
+        }
+        let mut st = self.write_state(w);
+        if let Some(file) = st.nodes.get(&ino).and_then(|n| n.file.clone()) {
+            return Ok(file);
+        }
+        let path = self.path(&st, ino).ok_or(Errno::ENOENT)?;
+        let file = Arc::new(w.upper.open_file(&path).map_err(errno)?);
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            node.file = Some(file.clone());
+        }
+        Ok(file)
+    }
+
+    /// The file to read a node's data from: its upper copy, else the lower.
+    fn data_file(&self, ino: u64) -> Res<Arc<File>> {
+        let upper = self.read_state().is_some_and(|st| {
+            st.nodes
+                .get(&ino)
+                .is_some_and(|n| n.in_upper || n.file.is_some())
+        });
+        if upper {
+            return self.upper_file(ino);
+        }
+        let st = self.read_state();
+        let pos = self.lower_pos_of(st.as_deref(), ino)?;
+        drop(st);
+        self.lower.backing_file(pos)
+    }
+
+    // ---------------------------------------------------------------------------
+    // Changes
+
+    /// Creates a node in `parent`.
+    fn make(&self, req: &Request, parent: u64, name: &[u8], node: NewNode) -> Res<FileAttr> {
+        check_name(name)?;
+        let w = self.w()?;
+        let mut st = self.write_state(w);
+        self.ensure_upper_dir(&mut st, parent)?;
+        if self.resolve_mut(&mut st, parent, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let over_whiteout = st
+            .dirs
+            .get(&parent)
+            .is_some_and(|d| d.entries.get(name) == Some(&Slot::Whiteout));
+        let path = self.child_path(&st, parent, name)?;
+        let owner = self.new_owner(&st, req, parent);
+        let kind = match node {
+            NewNode::File { .. } => FileType::RegularFile,
+            NewNode::Dir { .. } => FileType::Directory,
+            NewNode::Symlink { .. } => FileType::Symlink,
+            NewNode::Special { mode, .. } => mode_kind(mode),
+        };
+        let mode = match node {
+            NewNode::File { mode } | NewNode::Dir { mode } | NewNode::Special { mode, .. } => mode,
+            NewNode::Symlink { .. } => 0o777,
+        };
+        let (stat, file, overridden) = w
+            .upper
+            .create(&path, node, owner, over_whiteout)
+            .map_err(errno)?;
+        let ino = UPPER_INO_BIT | stat.st_ino;
+        let mut new = Node::upper(kind, None, (parent, name.to_vec()));
+        new.file = file.map(Arc::new);
+        if overridden {
+            new.over = Some(OverrideStat {
+                uid: owner.0,
+                gid: owner.1,
+                mode: mode & 0o7777,
+                kind: None,
+            });
+        }
+        let attr = self.upper_attr(ino, &stat, new.over.as_ref());
+        st.nodes.insert(ino, new);
+        if kind == FileType::Directory {
+            st.dirs.insert(ino, DirState::default());
+        }
+        if let Some(ds) = st.dirs.get_mut(&parent) {
+            ds.entries.insert(name.to_vec(), Slot::Node(ino));
+        }
+        Ok(attr)
+    }
+
+    /// The owner of a new node: the caller, with the group of a setgid directory.
+    fn new_owner(&self, st: &State, req: &Request, parent: u64) -> (u32, u32) {
+        let gid = match self.attr(Some(st), parent) {
+            Ok(a) if a.perm & 0o2000 != 0 => a.gid,
+            _ => req.gid(),
+        };
+        (req.uid(), gid)
+    }
+
+    /// Whether the lower shows `name` in `dir` (so deleting it needs a whiteout).
+    fn lower_has(&self, st: &State, dir: u64, name: &[u8]) -> bool {
+        st.dirs
+            .get(&dir)
+            .and_then(|d| d.lower)
+            .and_then(|lp| self.lower.lookup_child(lp, name))
+            .is_some()
+    }
+
+    fn upper_has(st: &State, dir: u64, name: &[u8]) -> bool {
+        st.dirs
+            .get(&dir)
+            .is_some_and(|d| matches!(d.entries.get(name), Some(Slot::Node(_))))
+    }
+
+    /// Before a node loses its last name: keep its upper data open, so that whoever
+    /// has it open can go on reading and writing it (nlink 0, as on ext4).
+    fn keep_data_if_last(&self, st: &mut State, ino: u64, path: &[u8]) {
+        let Some(node) = st.nodes.get(&ino) else {
+            return;
+        };
+        if node.links.len() > 1 || node.file.is_some() || node.kind != FileType::RegularFile {
+            return;
+        }
+        if let Ok(w) = self.w()
+            && let Ok(file) = w.upper.open_file(path)
+            && let Some(node) = st.nodes.get_mut(&ino)
+        {
+            node.file = Some(Arc::new(file));
+        }
+    }
+
+    /// Deletes `name` from `dir`: the upper node goes, a whiteout hides a lower one.
+    fn remove(&self, parent: u64, name: &[u8], want_dir: bool) -> Res<()> {
+        let w = self.w()?;
+        let mut st = self.write_state(w);
+        let ino = self
+            .resolve_mut(&mut st, parent, name)?
+            .ok_or(Errno::ENOENT)?;
+        let is_dir = self.kind(Some(&st), ino) == Some(FileType::Directory);
+        match (want_dir, is_dir) {
+            (true, false) => return Err(Errno::ENOTDIR),
+            (false, true) => return Err(Errno::EISDIR),
+            _ => {}
+        }
+        if is_dir {
+            if st.is_upper(ino) && !st.dirs.contains_key(&ino) {
+                self.scan_dir(&mut st, ino)?;
+            }
+            if !self.listing(Some(&st), ino)?.is_empty() {
+                return Err(Errno::ENOTEMPTY);
+            }
+        }
+        self.ensure_upper_dir(&mut st, parent)?;
+        let path = self.child_path(&st, parent, name)?;
+        let lower_has = self.lower_has(&st, parent, name);
+        if Self::upper_has(&st, parent, name) {
+            self.keep_data_if_last(&mut st, ino, &path);
+            w.upper.remove(&path, lower_has).map_err(errno)?;
+        } else {
+            w.upper.whiteout(&path).map_err(errno)?;
+        }
+        self.forget_name(&mut st, parent, name, ino, lower_has);
+        Ok(())
+    }
+
+    /// Records that `dir`/`name` no longer shows the node `ino`.
+    fn forget_name(&self, st: &mut State, dir: u64, name: &[u8], ino: u64, whiteout: bool) {
+        if let Some(ds) = st.dirs.get_mut(&dir) {
+            if whiteout {
+                ds.entries.insert(name.to_vec(), Slot::Whiteout);
+            } else {
+                ds.entries.remove(name);
+            }
+        }
+        match st.nodes.get_mut(&ino) {
+            Some(node) => node.remove_link(dir, name),
+            None => {
+                // A lower node that lost a name: it now differs from the view.
+                if let Some(pos) = self.lower.position(ino) {
+                    let kind = file_type(self.lower.kind(pos));
+                    let mut node = Node::upper(kind, Some(pos), (dir, name.to_vec()));
+                    node.in_upper = false;
+                    node.links.clear();
+                    st.nodes.insert(ino, node);
+                }
+            }
+        }
+        if self.kind(Some(st), ino) == Some(FileType::Directory) {
+            st.dirs.remove(&ino);
+        }
+    }
+
+    fn rename_op(&self, from: (u64, &[u8]), to: (u64, &[u8]), flags: RenameFlags) -> Res<()> {
+        check_name(to.1)?;
+        let known = RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE;
+        if !known.contains(flags)
+            || flags.contains(RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE)
+        {
+            return Err(Errno::EINVAL);
+        }
+        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        let w = self.w()?;
+        let mut st = self.write_state(w);
+        let x = self
+            .resolve_mut(&mut st, from.0, from.1)?
+            .ok_or(Errno::ENOENT)?;
+        let y = self.resolve_mut(&mut st, to.0, to.1)?;
+        if flags.contains(RenameFlags::RENAME_NOREPLACE) && y.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if exchange && y.is_none() {
+            return Err(Errno::ENOENT);
+        }
+        if y == Some(x) {
+            // Two names of one node, or the same name: rename does nothing.
+            return Ok(());
+        }
+        let x_dir = self.kind(Some(&st), x) == Some(FileType::Directory);
+        let y_dir = y.is_some_and(|y| self.kind(Some(&st), y) == Some(FileType::Directory));
+        if let (Some(y), false) = (y, exchange) {
+            match (x_dir, y_dir) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) => {
+                    if st.is_upper(y) && !st.dirs.contains_key(&y) {
+                        self.scan_dir(&mut st, y)?;
+                    }
+                    if !self.listing(Some(&st), y)?.is_empty() {
+                        return Err(Errno::ENOTEMPTY);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.ensure_upper_dir(&mut st, from.0)?;
+        self.ensure_upper_dir(&mut st, to.0)?;
+        self.move_up(&mut st, x, x_dir)?;
+        if exchange && let Some(y) = y {
+            self.move_up(&mut st, y, y_dir)?;
+        }
+        let from_path = self.child_path(&st, from.0, from.1)?;
+        let to_path = self.child_path(&st, to.0, to.1)?;
+        if exchange {
+            w.upper
+                .rename(
+                    &from_path,
+                    &to_path,
+                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                )
+                .map_err(errno)?;
+            let y = y.expect("checked above");
+            for (ino, a, b) in [(x, from, to), (y, to, from)] {
+                if let Some(node) = st.nodes.get_mut(&ino) {
+                    node.rename_link(a, b);
+                }
+            }
+            if let Some(ds) = st.dirs.get_mut(&from.0) {
+                ds.entries.insert(from.1.to_vec(), Slot::Node(y));
+            }
+            if let Some(ds) = st.dirs.get_mut(&to.0) {
+                ds.entries.insert(to.1.to_vec(), Slot::Node(x));
+            }
+            return Ok(());
+        }
+        let src_lower = self.lower_has(&st, from.0, from.1);
+        let dst_lower = self.lower_has(&st, to.0, to.1);
+        let dst_whiteout = st
+            .dirs
+            .get(&to.0)
+            .is_some_and(|d| d.entries.get(to.1) == Some(&Slot::Whiteout));
+        if let Some(y) = y
+            && Self::upper_has(&st, to.0, to.1)
+        {
+            self.keep_data_if_last(&mut st, y, &to_path);
+            if y_dir {
+                // Emptied already in the union; its whiteouts must go first.
+                w.upper.remove(&to_path, false).map_err(errno)?;
+            }
+        }
+        if x_dir && (dst_lower || dst_whiteout) {
+            // Over a lower directory's name: nothing of it may show through.
+            w.upper.set_opaque(&from_path).map_err(errno)?;
+        }
+        if dst_whiteout && x_dir {
+            // A directory cannot replace a device: swap them, the whiteout lands on
+            // the source name, where it is either needed or deleted.
+            w.upper
+                .rename(
+                    &from_path,
+                    &to_path,
+                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                )
+                .map_err(errno)?;
+            if !src_lower {
+                w.upper.remove(&from_path, false).map_err(errno)?;
+            }
+        } else {
+            w.upper
+                .rename(&from_path, &to_path, nix::fcntl::RenameFlags::empty())
+                .map_err(errno)?;
+            if src_lower {
+                w.upper.whiteout(&from_path).map_err(errno)?;
+            }
+        }
+        if let Some(y) = y {
+            self.forget_name(&mut st, to.0, to.1, y, false);
+        }
+        if let Some(ds) = st.dirs.get_mut(&from.0) {
+            if src_lower {
+                ds.entries.insert(from.1.to_vec(), Slot::Whiteout);
+            } else {
+                ds.entries.remove(from.1);
+            }
+        }
+        if let Some(ds) = st.dirs.get_mut(&to.0) {
+            ds.entries.insert(to.1.to_vec(), Slot::Node(x));
+        }
+        if let Some(node) = st.nodes.get_mut(&x) {
+            node.rename_link(from, to);
+        }
+        if x_dir && (dst_lower || dst_whiteout) {
+            if let Some(ds) = st.dirs.get_mut(&x) {
+                ds.lower = None;
+            }
+            if let Some(node) = st.nodes.get_mut(&x) {
+                node.lower = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a node movable: a file copied up, a directory with all it holds.
+    fn move_up(&self, st: &mut State, ino: u64, is_dir: bool) -> Res<()> {
+        if is_dir {
+            self.copy_up_tree(st, ino)
+        } else {
+            self.copy_up_locked(st, ino)
+        }
+    }
+
+    fn link_op(&self, ino: u64, parent: u64, name: &[u8]) -> Res<FileAttr> {
+        check_name(name)?;
+        let w = self.w()?;
+        let mut st = self.write_state(w);
+        if self.kind(Some(&st), ino) == Some(FileType::Directory) {
+            return Err(Errno::EPERM);
+        }
+        if self.resolve_mut(&mut st, parent, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        self.copy_up_locked(&mut st, ino)?;
+        self.ensure_upper_dir(&mut st, parent)?;
+        let src = self.path(&st, ino).ok_or(Errno::ENOENT)?;
+        let dst = self.child_path(&st, parent, name)?;
+        let over_whiteout = st
+            .dirs
+            .get(&parent)
+            .is_some_and(|d| d.entries.get(name) == Some(&Slot::Whiteout));
+        w.upper.link(&src, &dst, over_whiteout).map_err(errno)?;
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            node.links.push((parent, name.to_vec()));
+        }
+        if let Some(ds) = st.dirs.get_mut(&parent) {
+            ds.entries.insert(name.to_vec(), Slot::Node(ino));
+        }
+        self.attr(Some(&st), ino)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn setattr_op(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) -> Res<FileAttr> {
+        let w = self.w()?;
+        let kind = self
+            .kind(self.read_state().as_deref(), ino)
+            .ok_or(Errno::ENOENT)?;
+        if kind == FileType::Directory {
+            let mut st = self.write_state(w);
+            self.ensure_upper_dir(&mut st, ino)?;
+        } else {
+            self.copy_up(ino, size == Some(0))?;
+        }
+        if let Some(size) = size {
+            let file = self.upper_file(ino)?;
+            file.set_len(size).map_err(io_errno)?;
+        }
+        let mut st = self.write_state(w);
+        let Some(path) = self.path(&st, ino) else {
+            // Unlinked and open: only its size could change, through its descriptor.
+            return self.attr(Some(&st), ino);
+        };
+        let current = self.attr(Some(&st), ino)?;
+        if let Some(mode) = mode {
+            let over = st.nodes.get(&ino).and_then(|n| n.over);
+            match over {
+                Some(mut o) => {
+                    o.mode = mode & 0o7777;
+                    w.upper.set_override(&path, &o).map_err(errno)?;
+                    w.upper.chmod(&path, mode).map_err(errno)?;
+                    if let Some(node) = st.nodes.get_mut(&ino) {
+                        node.over = Some(o);
+                    }
+                }
+                None if kind != FileType::Symlink => w.upper.chmod(&path, mode).map_err(errno)?,
+                None => {}
+            }
+        }
+        if uid.is_some() || gid.is_some() {
+            let over = st.nodes.get(&ino).and_then(|n| n.over);
+            let perm = mode.map_or(u32::from(current.perm), |m| m & 0o7777);
+            let (cur_uid, cur_gid) = over.map_or((current.uid, current.gid), |o| (o.uid, o.gid));
+            let new = w
+                .upper
+                .chown(
+                    &path,
+                    uid.unwrap_or(cur_uid),
+                    gid.unwrap_or(cur_gid),
+                    perm,
+                    kind == FileType::Symlink,
+                )
+                .map_err(errno)?;
+            if let Some(node) = st.nodes.get_mut(&ino) {
+                node.over = new;
+            }
+        }
+        if atime.is_some() || mtime.is_some() {
+            w.upper
+                .set_times(&path, atime.map(time_spec), mtime.map(time_spec))
+                .map_err(errno)?;
+        }
+        self.attr(Some(&st), ino)
+    }
+
+    fn entry_attr(&self, ino: u64) -> Res<FileAttr> {
+        let st = self.read_state();
+        self.attr(st.as_deref(), ino)
+    }
+
+    /// Runs `f` on the node's upper path (copied up first).
+    fn on_upper_path<T>(&self, ino: u64, f: impl FnOnce(&Upper, &[u8]) -> Res<T>) -> Res<T> {
+        let w = self.w()?;
+        let is_dir = self.kind(self.read_state().as_deref(), ino) == Some(FileType::Directory);
+        let mut st = self.write_state(w);
+        if is_dir {
+            self.ensure_upper_dir(&mut st, ino)?;
+        } else {
+            drop(st);
+            self.copy_up(ino, false)?;
+            st = self.write_state(w);
+        }
+        let path = self.path(&st, ino).ok_or(Errno::ENOENT)?;
+        f(&w.upper, &path)
+    }
+
+    /// The xattrs of a node: from the view, or from its upper copy.
+    fn xattr_names(&self, ino: u64) -> Res<Vec<Vec<u8>>> {
+        let st = self.read_state();
+        if let Some(st) = st.as_deref()
+            && st.is_upper(ino)
+        {
+            let path = self.path(st, ino).ok_or(Errno::ENOENT)?;
+            return self.w()?.upper.list_xattrs(&path).map_err(errno);
+        }
+        let pos = self.lower_pos_of(st.as_deref(), ino)?;
+        Ok(self
+            .lower
+            .view
+            .index
+            .entry(pos)
+            .xattrs()
+            .into_iter()
+            .map(|(n, _)| n.to_vec())
+            .collect())
+    }
+
+    fn xattr_value(&self, ino: u64, name: &[u8]) -> Res<Option<Vec<u8>>> {
+        if is_private_xattr(name) {
+            return Ok(None);
+        }
+        let st = self.read_state();
+        if let Some(st) = st.as_deref()
+            && st.is_upper(ino)
+        {
+            let path = self.path(st, ino).ok_or(Errno::ENOENT)?;
+            return self.w()?.upper.get_xattr(&path, name).map_err(errno);
+        }
+        let pos = self.lower_pos_of(st.as_deref(), ino)?;
+        Ok(self
+            .lower
+            .view
+            .index
+            .entry(pos)
+            .xattrs()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_vec()))
+    }
+
+    /// Forgets a node the kernel dropped, if it has no name left.
+    fn drop_if_unlinked(&self, ino: u64) {
+        let Some(w) = self.writable.as_ref() else {
+            return;
+        };
+        let unlinked = self.read_state().is_some_and(|st| {
+            st.nodes
+                .get(&ino)
+                .is_some_and(|n| n.links.is_empty() && ino != ROOT)
+        });
+        if unlinked {
+            let mut st = self.write_state(w);
+            if st.nodes.get(&ino).is_some_and(|n| n.links.is_empty()) {
+                st.nodes.remove(&ino);
+                st.dirs.remove(&ino);
+            }
+        }
+    }
+}
+
+fn check_name(name: &[u8]) -> Res<()> {
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn time_spec(t: TimeOrNow) -> TimeSpec {
+    match t {
+        TimeOrNow::Now => TimeSpec::UTIME_NOW,
+        TimeOrNow::SpecificTime(t) => {
+            let (s, ns) = match t.duration_since(SystemTime::UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, i64::from(d.subsec_nanos())),
+                Err(e) => {
+                    let d = e.duration();
+                    let mut s = -(d.as_secs() as i64);
+                    let mut ns = -i64::from(d.subsec_nanos());
+                    if ns < 0 {
+                        s -= 1;
+                        ns += 1_000_000_000;
+                    }
+                    (s, ns)
+                }
+            };
+            TimeSpec::new(s, ns)
+        }
+    }
+}
+
+fn over_of(meta: &super::upper::NodeMeta) -> Option<OverrideStat> {
+    let own =
+        meta.uid == nix::unistd::geteuid().as_raw() && meta.gid == nix::unistd::getegid().as_raw();
+    // What the copy recorded, if chown could not store it: the same test apply_meta
+    // makes; a successful chown leaves the override out, and stat shows the owner.
+    (!own && !can_chown_to(meta.uid, meta.gid)).then_some(OverrideStat {
+        uid: meta.uid,
+        gid: meta.gid,
+        mode: meta.mode & 0o7777,
+        kind: None,
+    })
+}
+
+/// Whether this process may give files the owner `uid:gid`: root of a namespace that
+/// maps both.
+fn can_chown_to(uid: u32, gid: u32) -> bool {
+    let caps = nix::unistd::geteuid().is_root();
+    caps && IdMap::of_current("uid_map").maps(uid) && IdMap::of_current("gid_map").maps(gid)
+}
+
+fn stat_kind(st: &FileStat) -> FileType {
+    mode_kind(st.st_mode)
+}
+
+fn mode_kind(mode: u32) -> FileType {
+    match SFlag::from_bits_truncate(mode) & SFlag::S_IFMT {
+        SFlag::S_IFDIR => FileType::Directory,
+        SFlag::S_IFLNK => FileType::Symlink,
+        SFlag::S_IFCHR => FileType::CharDevice,
+        SFlag::S_IFBLK => FileType::BlockDevice,
+        SFlag::S_IFIFO => FileType::NamedPipe,
+        SFlag::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
     }
 }
 
@@ -256,25 +1325,6 @@ fn raise_open_file_limit() {
     }
 }
 
-fn file_type(kind: EntryKind) -> FileType {
-    match kind {
-        EntryKind::File => FileType::RegularFile,
-        EntryKind::Dir => FileType::Directory,
-        EntryKind::Symlink => FileType::Symlink,
-        EntryKind::CharDevice | EntryKind::Whiteout => FileType::CharDevice,
-        EntryKind::BlockDevice => FileType::BlockDevice,
-        EntryKind::Fifo => FileType::NamedPipe,
-    }
-}
-
-fn to_system_time(sec: i64, nsec: u32) -> SystemTime {
-    if sec >= 0 {
-        UNIX_EPOCH + Duration::new(sec as u64, nsec)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(u64::from(nsec))
-    }
-}
-
 /// Replies to an xattr request of `size` bytes with `value`, as getxattr(2) sizes it.
 fn reply_sized(reply: ReplyXattr, size: u32, value: &[u8]) {
     if size == 0 {
@@ -286,7 +1336,21 @@ fn reply_sized(reply: ReplyXattr, size: u32, value: &[u8]) {
     }
 }
 
-impl Filesystem for LowerFs {
+fn reply_entry(fs: &UnionFs, reply: ReplyEntry, result: Res<FileAttr>) {
+    match result {
+        Ok(attr) => reply.entry_with_ttls(&fs.ttl, &fs.ttl, &attr, GENERATION),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: Res<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl Filesystem for UnionFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Each is asked for alone: a kernel without one must not cost us the others.
         for flag in [
@@ -298,6 +1362,7 @@ impl Filesystem for LowerFs {
             InitFlags::FUSE_MAX_PAGES,
             InitFlags::FUSE_SPLICE_READ,
             InitFlags::FUSE_SPLICE_MOVE,
+            InitFlags::FUSE_BIG_WRITES,
         ] {
             let _ = config.add_capabilities(flag);
         }
@@ -310,45 +1375,188 @@ impl Filesystem for LowerFs {
         self.zero_message_opendir = config
             .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
             .is_ok();
+        if self.writable.is_some() {
+            // New nodes get exactly the mode the kernel asked for (it applied the
+            // caller's umask already).
+            nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        }
         raise_open_file_limit();
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some(dir) = self.position(parent) else {
-            return reply.error(Errno::ENOENT);
-        };
-        match self.lookup_child(dir, name.as_bytes()) {
-            Some(pos) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(pos), GENERATION),
-            None => {
+        match self.resolve(parent.0, name.as_bytes()) {
+            Ok(Some(ino)) => reply_entry(self, reply, self.entry_attr(ino)),
+            Ok(None) => {
                 // Inode 0 with a timeout: the kernel remembers the name is absent.
-                let mut absent = self.attr(dir);
-                absent.ino = INodeNo(0);
-                reply.entry_with_ttls(&self.ttl, &self.ttl, &absent, GENERATION);
+                match self.entry_attr(parent.0) {
+                    Ok(mut absent) => {
+                        absent.ino = INodeNo(0);
+                        reply.entry_with_ttls(&self.ttl, &self.ttl, &absent, GENERATION);
+                    }
+                    Err(e) => reply.error(e),
+                }
             }
+            Err(e) => reply.error(e),
         }
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        // The kernel sends a node's whole count when it drops the inode (fuser's
+        // batch_forget comes here for each node).
+        self.drop_if_unlinked(ino.0);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.position(ino) {
-            Some(pos) => reply.attr(&self.ttl, &self.attr(pos)),
-            None => reply.error(Errno::ENOENT),
+        match self.entry_attr(ino.0) {
+            Ok(attr) => reply.attr(&self.ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.setattr_op(ino.0, mode, uid, gid, size, atime, mtime) {
+            Ok(attr) => reply.attr(&self.ttl, &attr),
+            Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.position(ino).map(|p| self.view.index.entry(p)) {
-            Some(e) if e.kind() == EntryKind::Symlink => reply.data(e.symlink_target()),
-            Some(_) => reply.error(Errno::EINVAL),
-            None => reply.error(Errno::ENOENT),
+        let st = self.read_state();
+        if let Some(st) = st.as_deref()
+            && st.is_upper(ino.0)
+        {
+            let target = self.path(st, ino.0).ok_or(Errno::ENOENT).and_then(|p| {
+                let w = self.w()?;
+                let node = w.upper.node(&p).map_err(errno)?;
+                nix::fcntl::readlinkat(&node, "").map_err(nix_errno)
+            });
+            return match target {
+                Ok(t) => reply.data(t.as_bytes()),
+                Err(e) => reply.error(e),
+            };
+        }
+        match self.lower_pos_of(st.as_deref(), ino.0) {
+            Ok(p) if self.lower.kind(p) == EntryKind::Symlink => {
+                reply.data(self.lower.view.index.entry(p).symlink_target())
+            }
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let Some(pos) = self.position(ino) else {
-            return reply.error(Errno::ENOENT);
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let node = if mode_kind(mode) == FileType::RegularFile {
+            NewNode::File { mode }
+        } else {
+            NewNode::Special {
+                mode,
+                rdev: u64::from(rdev),
+            }
         };
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+        reply_entry(self, reply, self.make(req, parent.0, name.as_bytes(), node));
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let node = NewNode::Dir { mode };
+        reply_entry(self, reply, self.make(req, parent.0, name.as_bytes(), node));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.remove(parent.0, name.as_bytes(), false));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.remove(parent.0, name.as_bytes(), true));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let node = NewNode::Symlink {
+            target: target.as_os_str().as_bytes(),
+        };
+        reply_entry(
+            self,
+            reply,
+            self.make(req, parent.0, link_name.as_bytes(), node),
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.rename_op(
+            (parent.0, name.as_bytes()),
+            (newparent.0, newname.as_bytes()),
+            flags,
+        );
+        reply_empty(reply, result);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(
+            self,
+            reply,
+            self.link_op(ino.0, newparent.0, newname.as_bytes()),
+        );
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.writable.is_none() && flags.acc_mode() != fuser::OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
         // ENOSYS, once, tells a kernel that agreed to it never to send opens again;
@@ -356,8 +1564,8 @@ impl Filesystem for LowerFs {
         if self.zero_message_open {
             return reply.error(Errno::ENOSYS);
         }
-        match self.backing_file(pos) {
-            Ok(_) => reply.opened(FileHandle(self.inode[pos]), FopenFlags::FOPEN_KEEP_CACHE),
+        match self.data_file(ino.0) {
+            Ok(_) => reply.opened(FileHandle(ino.0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(e),
         }
     }
@@ -374,10 +1582,7 @@ impl Filesystem for LowerFs {
         reply: ReplyData,
     ) {
         // Found by inode, not handle: with zero-message open there are no handles.
-        let Some(pos) = self.position(ino) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let file = match self.backing_file(pos) {
+        let file = match self.data_file(ino.0) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
@@ -399,6 +1604,39 @@ impl Filesystem for LowerFs {
         });
     }
 
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let result = self
+            .copy_up(ino.0, false)
+            .and_then(|()| self.upper_file(ino.0))
+            .and_then(|f| f.write_all_at(data, offset).map_err(io_errno));
+        match result {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
     fn release(
         &self,
         _req: &Request,
@@ -409,18 +1647,46 @@ impl Filesystem for LowerFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        // Backing files stay cached for the next open of the inode.
+        // Files stay open with their node, for the next open of the inode.
         reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let upper = self.read_state().is_some_and(|st| {
+            st.nodes
+                .get(&ino.0)
+                .is_some_and(|n| n.in_upper || n.file.is_some())
+        });
+        if !upper {
+            // Nothing of it was written: nothing to sync.
+            return reply.ok();
+        }
+        let result = self.upper_file(ino.0).and_then(|f| {
+            if datasync {
+                f.sync_data()
+            } else {
+                f.sync_all()
+            }
+            .map_err(io_errno)
+        });
+        reply_empty(reply, result);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         if self.zero_message_opendir {
-            // As for files: the kernel then caches listings (FOPEN_CACHE_DIR).
+            // As for files: the kernel then caches listings (FOPEN_CACHE_DIR), and
+            // drops them itself when a change through the mount touches the directory.
             return reply.error(Errno::ENOSYS);
         }
-        match self.position(ino).map(|p| self.view.index.entry(p).kind()) {
-            // The listing never changes: let the kernel keep it.
-            Some(EntryKind::Dir) => reply.opened(
+        match self.kind(self.read_state().as_deref(), ino.0) {
+            Some(FileType::Directory) => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
@@ -437,17 +1703,22 @@ impl Filesystem for LowerFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(pos) = self.position(ino) else {
-            return reply.error(Errno::ENOENT);
+        if let Err(e) = self.ready_dir(ino.0) {
+            return reply.error(e);
+        }
+        let st = self.read_state();
+        let st = st.as_deref();
+        let listing = match self.listing(st, ino.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
         };
-        for (next, child, name) in self.listing(pos, offset) {
-            let kind = file_type(self.view.index.entry(child).kind());
-            if reply.add(
-                INodeNo(self.inode[child]),
-                next,
-                kind,
-                OsStr::from_bytes(name),
-            ) {
+        let dots = [
+            (1u64, ino.0, b".".to_vec()),
+            (2, self.parent_of(st, ino.0), b"..".to_vec()),
+        ];
+        for (next, child, name) in dots.into_iter().chain(listing).filter(|e| e.0 > offset) {
+            let kind = self.kind(st, child).unwrap_or(FileType::RegularFile);
+            if reply.add(INodeNo(child), next, kind, OsStr::from_bytes(&name)) {
                 break;
             }
         }
@@ -462,15 +1733,27 @@ impl Filesystem for LowerFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(pos) = self.position(ino) else {
-            return reply.error(Errno::ENOENT);
+        if let Err(e) = self.ready_dir(ino.0) {
+            return reply.error(e);
+        }
+        let st = self.read_state();
+        let st = st.as_deref();
+        let listing = match self.listing(st, ino.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
         };
-        for (next, child, name) in self.listing(pos, offset) {
-            let attr = self.attr(child);
+        let dots = [
+            (1u64, ino.0, b".".to_vec()),
+            (2, self.parent_of(st, ino.0), b"..".to_vec()),
+        ];
+        for (next, child, name) in dots.into_iter().chain(listing).filter(|e| e.0 > offset) {
+            let Ok(attr) = self.attr(st, child) else {
+                continue;
+            };
             if reply.add(
                 attr.ino,
                 next,
-                OsStr::from_bytes(name),
+                OsStr::from_bytes(&name),
                 &self.ttl,
                 &attr,
                 GENERATION,
@@ -481,53 +1764,214 @@ impl Filesystem for LowerFs {
         reply.ok();
     }
 
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let result = (|| {
+            let st = self.read_state();
+            let Some(st) = st.as_deref().filter(|s| s.is_upper(ino.0)) else {
+                return Ok(());
+            };
+            let path = self.path(st, ino.0).ok_or(Errno::ENOENT)?;
+            let dir = self.w()?.upper.open_dir(&path).map_err(errno)?;
+            nix::unistd::fsync(&dir).map_err(nix_errno)
+        })();
+        reply_empty(reply, result);
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let Some(tree) = self.trees.first() else {
-            return reply.statfs(0, 0, 0, 0, 0, BLOCK_SIZE, 255, BLOCK_SIZE);
+        let stat = match &self.writable {
+            Some(w) => w.upper.statfs(),
+            None => match self.lower.first_tree() {
+                Some(tree) => nix::sys::statvfs::fstatvfs(tree),
+                None => return reply.statfs(0, 0, 0, 0, 0, BLOCK_SIZE, 255, BLOCK_SIZE),
+            },
         };
-        match nix::sys::statvfs::fstatvfs(tree) {
+        match stat {
             Ok(s) => reply.statfs(
                 s.blocks(),
                 s.blocks_free(),
                 s.blocks_available(),
-                self.view.len() as u64,
-                0,
+                s.files().max(self.lower.len() as u64),
+                s.files_free(),
                 s.block_size() as u32,
-                255,
+                NAME_MAX as u32,
                 s.fragment_size() as u32,
             ),
-            Err(e) => reply.error(Errno::from_i32(e as i32)),
+            Err(e) => reply.error(nix_errno(e)),
         }
     }
 
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if is_private_xattr(name.as_bytes()) {
+            return reply.error(Errno::EPERM);
+        }
+        let result = self.on_upper_path(ino.0, |upper, path| {
+            upper
+                .set_xattr(path, name.as_bytes(), value, flags)
+                .map_err(errno)
+        });
+        reply_empty(reply, result);
+    }
+
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let Some(pos) = self.position(ino) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let xattrs = self.view.index.entry(pos).xattrs();
-        match xattrs.iter().find(|(n, _)| *n == name.as_bytes()) {
-            Some((_, value)) => reply_sized(reply, size, value),
-            None => reply.error(Errno::ENODATA),
+        match self.xattr_value(ino.0, name.as_bytes()) {
+            Ok(Some(value)) => reply_sized(reply, size, &value),
+            Ok(None) => reply.error(Errno::ENODATA),
+            Err(e) => reply.error(e),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let Some(pos) = self.position(ino) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let mut names = Vec::new();
-        for (name, _) in self.view.index.entry(pos).xattrs() {
-            names.extend_from_slice(name);
-            names.push(0);
+        match self.xattr_names(ino.0) {
+            Ok(names) => {
+                let mut out = Vec::new();
+                for name in names {
+                    out.extend_from_slice(&name);
+                    out.push(0);
+                }
+                reply_sized(reply, size, &out);
+            }
+            Err(e) => reply.error(e),
         }
-        reply_sized(reply, size, &names);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if is_private_xattr(name.as_bytes()) {
+            return reply.error(Errno::EPERM);
+        }
+        match self.xattr_value(ino.0, name.as_bytes()) {
+            Ok(None) => return reply.error(Errno::ENODATA),
+            Err(e) => return reply.error(e),
+            Ok(Some(_)) => {}
+        }
+        let result = self.on_upper_path(ino.0, |upper, path| {
+            upper.remove_xattr(path, name.as_bytes()).map_err(errno)
+        });
+        reply_empty(reply, result);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         // default_permissions: the kernel has checked already.
-        match self.position(ino) {
+        match self.kind(self.read_state().as_deref(), ino.0) {
             Some(_) => reply.ok(),
             None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let made = self.make(req, parent.0, name.as_bytes(), NewNode::File { mode });
+        let result = match made {
+            // The kernel thought the name free; it is not: open it as open(2) would.
+            Err(Errno::EEXIST) if flags & libc::O_EXCL == 0 => self
+                .resolve(parent.0, name.as_bytes())
+                .and_then(|ino| ino.ok_or(Errno::ENOENT))
+                .and_then(|ino| {
+                    if flags & libc::O_TRUNC != 0 {
+                        self.setattr_op(ino, None, None, None, Some(0), None, None)
+                    } else {
+                        self.entry_attr(ino)
+                    }
+                }),
+            other => other,
+        };
+        match result {
+            Ok(attr) => reply.created(
+                &self.ttl,
+                &attr,
+                GENERATION,
+                FileHandle(0),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let result = self
+            .copy_up(ino.0, false)
+            .and_then(|()| self.upper_file(ino.0))
+            .and_then(|f| {
+                nix::fcntl::fallocate(
+                    f.as_fd(),
+                    nix::fcntl::FallocateFlags::from_bits_truncate(mode),
+                    offset as i64,
+                    length as i64,
+                )
+                .map_err(nix_errno)
+            });
+        reply_empty(reply, result);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let result = self
+            .copy_up(ino_out.0, false)
+            .and_then(|()| Ok((self.data_file(ino_in.0)?, self.upper_file(ino_out.0)?)))
+            .and_then(|(src, dst)| {
+                let mut off_in = offset_in as i64;
+                let mut off_out = offset_out as i64;
+                let want = usize::try_from(len).unwrap_or(usize::MAX).min(1 << 30);
+                // SAFETY: both descriptors are open for the call; the offsets are ours
+                // and the kernel only reads and updates them.
+                let n = unsafe {
+                    libc::copy_file_range(
+                        src.as_raw_fd(),
+                        &mut off_in,
+                        dst.as_raw_fd(),
+                        &mut off_out,
+                        want,
+                        0,
+                    )
+                };
+                nix::errno::Errno::result(n).map_err(nix_errno)
+            });
+        match result {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(e),
         }
     }
 }

@@ -38,13 +38,16 @@ impl IdMap {
             .map_or_else(|_| IdMap::identity(), |t| IdMap::parse(&t))
     }
 
+    /// Whether the namespace maps `id`.
+    pub fn maps(&self, id: u32) -> bool {
+        self.ranges
+            .iter()
+            .any(|&(start, count)| id >= start && (id - start) < count)
+    }
+
     /// `id` if the namespace can show it, else the first mapped id.
     pub fn show(&self, id: u32) -> u32 {
-        let mapped = self
-            .ranges
-            .iter()
-            .any(|&(start, count)| id >= start && (id - start) < count);
-        if mapped {
+        if self.maps(id) {
             id
         } else {
             self.ranges.first().map_or(id, |&(start, _)| start)

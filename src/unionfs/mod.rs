@@ -1,8 +1,12 @@
 //! strata's FUSE union filesystem. `view` flattens a chain of immutable layers once;
-//! `fs` serves that view; `mount` puts it on a directory.
+//! `lower` serves that view; `upper` is the writable layer on disk and `merge` what
+//! the filesystem keeps in memory of it; `fs` answers the kernel; `mount` puts it on
+//! a directory.
 
 pub mod fs;
 pub mod idmap;
+pub mod lower;
+pub mod merge;
 pub mod mount;
 pub mod upper;
 pub mod view;
@@ -43,6 +47,13 @@ pub enum UnionError {
         mountpoint: PathBuf,
         #[source]
         source: io::Error,
+    },
+
+    #[error("cannot use {path} as the writable layer: {source}")]
+    Upper {
+        path: PathBuf,
+        #[source]
+        source: upper::UpperError,
     },
 
     #[error("the filesystem stopped serving: {0}")]

@@ -7,15 +7,17 @@
 
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 use super::UnionError;
-use super::fs::LowerFs;
+use super::fs::UnionFs;
 use super::idmap::IdMap;
+use super::upper::Upper;
 use super::view::View;
 use crate::store::{ImageRecord, Store};
 
@@ -27,8 +29,55 @@ fn default_threads() -> usize {
         .clamp(2, 8)
 }
 
-/// The read-only union of an image's layers, ready to mount.
-pub fn image_fs(store: &Store, image: &ImageRecord) -> Result<LowerFs, UnionError> {
+/// Where a writable union keeps its changes.
+#[derive(Debug, Clone)]
+pub struct UpperDirs {
+    pub upper: PathBuf,
+    /// Beside the upper, on its filesystem: copy-ups are assembled there.
+    pub work: PathBuf,
+}
+
+impl UpperDirs {
+    /// `upper`, with the work directory `work` or else `UPPER.work` beside it.
+    pub fn new(upper: PathBuf, work: Option<PathBuf>) -> UpperDirs {
+        let work = work.unwrap_or_else(|| {
+            let mut name = upper.file_name().unwrap_or_default().to_os_string();
+            name.push(".work");
+            upper.with_file_name(name)
+        });
+        UpperDirs { upper, work }
+    }
+
+    /// Creates both directories if they are missing, and opens them.
+    pub fn open(&self) -> Result<Upper, UnionError> {
+        for dir in [&self.upper, &self.work] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(|e| UnionError::Upper {
+                    path: dir.clone(),
+                    source: super::upper::UpperError::Open {
+                        path: dir.clone(),
+                        source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                    },
+                })?;
+        }
+        Upper::open(&self.upper, &self.work).map_err(|source| UnionError::Upper {
+            path: self.upper.clone(),
+            source,
+        })
+    }
+}
+
+/// The union of an image's layers, ready to mount: read-only, or writable with
+/// `upper` over them.
+pub fn image_fs(
+    store: &Store,
+    image: &ImageRecord,
+    upper: Option<&UpperDirs>,
+) -> Result<UnionFs, UnionError> {
+    let upper = upper.map(UpperDirs::open).transpose()?;
     let diff_ids: Vec<_> = image.layers.iter().map(|l| l.diff_id.clone()).collect();
     let mut held = store.hold_layers(&diff_ids)?;
     held.push(store.hold_image(&image.id)?);
@@ -48,23 +97,27 @@ pub fn image_fs(store: &Store, image: &ImageRecord) -> Result<LowerFs, UnionErro
             })
         })
         .collect::<Result<Vec<OwnedFd>, _>>()?;
-    let fs = LowerFs::new(
+    let fs = UnionFs::new(
         view,
         trees,
         IdMap::of_current("uid_map"),
         IdMap::of_current("gid_map"),
     );
+    let fs = match upper {
+        Some(upper) => fs.with_upper(upper),
+        None => fs,
+    };
     Ok(fs.holding(held))
 }
 
 /// A mounted filesystem, answering the kernel once `serve` runs.
 pub struct Mounted {
-    session: Session<LowerFs>,
+    session: Session<UnionFs>,
 }
 
-/// Mounts `fs` read-only on `mountpoint`. The kernel's first request (INIT) has been
-/// answered when this returns.
-pub fn mount(fs: LowerFs, mountpoint: &Path) -> Result<Mounted, UnionError> {
+/// Mounts `fs` on `mountpoint`, read-only unless it has an upper. The kernel's first
+/// request (INIT) has been answered when this returns.
+pub fn mount(fs: UnionFs, mountpoint: &Path) -> Result<Mounted, UnionError> {
     check_fuse_device()?;
     if !mountpoint.is_dir() {
         return Err(UnionError::BadMountpoint {
@@ -81,8 +134,10 @@ pub fn mount(fs: LowerFs, mountpoint: &Path) -> Result<Mounted, UnionError> {
         MountOption::FSName("strata".into()),
         MountOption::Subtype("strata".into()),
         MountOption::DefaultPermissions,
-        MountOption::RO,
     ];
+    if !fs.is_writable() {
+        config.mount_options.push(MountOption::RO);
+    }
     config.acl = acl;
     config.n_threads = Some(default_threads());
     config.clone_fd = true;
