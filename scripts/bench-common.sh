@@ -81,7 +81,7 @@ bench_drop_root() {
     for f in "$@"; do install -m 644 "$here/$f" "$bin/scripts/"; done
     # The copies cannot say which checkout they came from: tell them.
     exec setpriv --reuid="$user" --regid="$user" --init-groups --reset-env \
-        env BENCH_CHECKOUT="$(bench_checkout)" \
+        env BENCH_CHECKOUT="$(bench_checkout)" BENCH_STRATA_FROM="$(realpath "$strata")" \
         bash "$bin/scripts/$(basename "$self")" "${args[@]}" --strata "$bin/strata"
 }
 
@@ -218,7 +218,7 @@ bench_checkout() {
 bench_versions() {
     local fov
     fov=$(fuse-overlayfs --version 2>/dev/null | awk '/fuse-overlayfs/ {print $3; exit}' || true)
-    echo "strata $("$strata" --version | awk '{print $2}') ($strata, built $(date -u -r "$strata" '+%Y-%m-%d %H:%M UTC'); ${BENCH_CHECKOUT:-$(bench_checkout)}), fuse-overlayfs ${fov:-?}; run as $(id -un)"
+    echo "strata $("$strata" --version | awk '{print $2}') ($strata${BENCH_STRATA_FROM:+, a copy of $BENCH_STRATA_FROM}, built $(date -u -r "$strata" '+%Y-%m-%d %H:%M UTC'); ${BENCH_CHECKOUT:-$(bench_checkout)}), fuse-overlayfs ${fov:-?}; run as $(id -un)"
 }
 
 # --------------------------------------------------------------------------
