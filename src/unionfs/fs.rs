@@ -646,10 +646,15 @@ impl UnionFs {
         let meta = self.lower.node_meta(pos);
         let entry = self.lower.view.index.entry(pos);
         match entry.kind() {
-            EntryKind::Symlink => w
-                .upper
-                .copy_up_symlink(&path, entry.symlink_target(), &meta)
-                .map_err(errno)?,
+            EntryKind::Symlink => {
+                w.upper
+                    .copy_up_symlink(&path, entry.symlink_target(), &meta)
+                    .map_err(errno)?;
+                let dir_path = self.path(st, dir).ok_or(Errno::ENOENT)?;
+                w.upper
+                    .set_symlink_origin(&dir_path, &name, Some(entry.path()))
+                    .map_err(errno)?;
+            }
             kind => {
                 let m = entry.meta();
                 let type_bits = match kind {
@@ -876,8 +881,31 @@ impl UnionFs {
         } else {
             w.upper.whiteout(&path).map_err(errno)?;
         }
+        let symlink = self.kind(Some(&st), ino) == Some(FileType::Symlink);
         self.forget_name(&mut st, parent, name, ino, lower_has);
+        if symlink {
+            self.sync_symlink_record(&st, parent, name)?;
+        }
         Ok(())
+    }
+
+    /// Brings the symlink-origin record of `dir`/`name` up to date: symlinks carry
+    /// no xattrs, so a copied-up one's origin lives on its directory.
+    fn sync_symlink_record(&self, st: &State, dir: u64, name: &[u8]) -> Res<()> {
+        let origin = match st.dirs.get(&dir).and_then(|d| d.entries.get(name)) {
+            Some(Slot::Node(ino)) => st
+                .nodes
+                .get(ino)
+                .filter(|n| n.kind == FileType::Symlink && n.in_upper)
+                .and_then(|n| n.lower)
+                .map(|pos| self.lower.path(pos).to_vec()),
+            _ => None,
+        };
+        let path = self.path(st, dir).ok_or(Errno::ENOENT)?;
+        self.w()?
+            .upper
+            .set_symlink_origin(&path, name, origin.as_deref())
+            .map_err(errno)
     }
 
     /// Records that `dir`/`name` no longer shows the node `ino`.
@@ -934,6 +962,10 @@ impl UnionFs {
         }
         let x_dir = self.kind(Some(&st), x) == Some(FileType::Directory);
         let y_dir = y.is_some_and(|y| self.kind(Some(&st), y) == Some(FileType::Directory));
+        let symlinks = [Some(x), y]
+            .into_iter()
+            .flatten()
+            .any(|n| self.kind(Some(&st), n) == Some(FileType::Symlink));
         if let (Some(y), false) = (y, exchange) {
             match (x_dir, y_dir) {
                 (true, false) => return Err(Errno::ENOTDIR),
@@ -976,6 +1008,10 @@ impl UnionFs {
             }
             if let Some(ds) = st.dirs.get_mut(&to.0) {
                 ds.entries.insert(to.1.to_vec(), Slot::Node(x));
+            }
+            if symlinks {
+                self.sync_symlink_record(&st, from.0, from.1)?;
+                self.sync_symlink_record(&st, to.0, to.1)?;
             }
             return Ok(());
         }
@@ -1042,6 +1078,10 @@ impl UnionFs {
             if let Some(node) = st.nodes.get_mut(&x) {
                 node.lower = None;
             }
+        }
+        if symlinks {
+            self.sync_symlink_record(&st, from.0, from.1)?;
+            self.sync_symlink_record(&st, to.0, to.1)?;
         }
         Ok(())
     }

@@ -560,6 +560,9 @@ impl Upper {
 /// its inode number across mounts. Under `user.overlay.`, which kernel overlayfs
 /// (userxattr) keeps to itself and never shows, and never reads for this name.
 pub const ORIGIN_XATTR: &str = "user.overlay.strata.origin";
+/// Symlinks take no user xattrs: their origins are kept on their directory, as
+/// `NAME\0ORIGIN\0` pairs.
+pub const SYMLINK_ORIGINS_XATTR: &str = "user.overlay.strata.symlink-origins";
 /// The OCI tar form of an opaque marker, also read in uppers.
 pub const OPAQUE_WH_FILE: &[u8] = b".wh..wh..opq";
 
@@ -660,6 +663,7 @@ impl Upper {
     pub fn read_dir(&self, path: &[u8]) -> Result<(Vec<UpperEntry>, bool), UpperError> {
         let dir = self.open_dir(path)?;
         let mut opaque = self.is_opaque(path)?;
+        let symlink_origins = self.symlink_origins(path)?;
         let mut listing = nix::dir::Dir::from_fd(
             dir.try_clone()
                 .map_err(|_| sys("dup", path)(Errno::EMFILE))?,
@@ -696,7 +700,13 @@ impl Upper {
                 entries.push(UpperEntry::Whiteout { name });
                 continue;
             }
-            let (origin, opaque_child, over) = self.private_marks(&dir, &name, &stat)?;
+            let (mut origin, opaque_child, over) = self.private_marks(&dir, &name, &stat)?;
+            if origin.is_none() && is_symlink(&stat) {
+                origin = symlink_origins
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, o)| o.clone());
+            }
             entries.push(UpperEntry::Node {
                 name,
                 stat,
@@ -706,6 +716,57 @@ impl Upper {
             });
         }
         Ok((entries, opaque))
+    }
+
+    /// The origins recorded for the symlinks of the directory `path`.
+    pub fn symlink_origins(&self, path: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, UpperError> {
+        let dir = self.open_dir(path)?;
+        let raw = match fget_xattr(dir.as_fd(), SYMLINK_ORIGINS_XATTR.as_bytes()) {
+            Ok(v) => v.unwrap_or_default(),
+            Err(Errno::ENOTSUP) => Vec::new(),
+            Err(e) => return Err(sys("getxattr", path)(e)),
+        };
+        let fields: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+        Ok(fields
+            .chunks_exact(2)
+            .filter(|pair| !pair[0].is_empty())
+            .map(|pair| (pair[0].to_vec(), pair[1].to_vec()))
+            .collect())
+    }
+
+    /// Records (or with None, forgets) the origin of the symlink `name` in the
+    /// directory `path`.
+    pub fn set_symlink_origin(
+        &self,
+        path: &[u8],
+        name: &[u8],
+        origin: Option<&[u8]>,
+    ) -> Result<(), UpperError> {
+        let mut all = self.symlink_origins(path)?;
+        let before = all.len();
+        all.retain(|(n, _)| n != name);
+        if origin.is_none() && all.len() == before {
+            return Ok(());
+        }
+        if let Some(o) = origin {
+            all.push((name.to_vec(), o.to_vec()));
+        }
+        let dir = self.open_dir(path)?;
+        if all.is_empty() {
+            return match fremove_xattr(dir.as_fd(), SYMLINK_ORIGINS_XATTR.as_bytes()) {
+                Ok(()) | Err(Errno::ENODATA) => Ok(()),
+                Err(e) => Err(sys("removexattr", path)(e)),
+            };
+        }
+        let mut value = Vec::new();
+        for (n, o) in &all {
+            value.extend_from_slice(n);
+            value.push(0);
+            value.extend_from_slice(o);
+            value.push(0);
+        }
+        fset_xattr(dir.as_fd(), SYMLINK_ORIGINS_XATTR.as_bytes(), &value)
+            .map_err(sys("setxattr", path))
     }
 
     /// The origin, opaque mark and override of `name` in `dir`: one listxattr, then
@@ -1256,6 +1317,17 @@ fn path_list_xattrs(fd: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
         .filter(|n| !n.is_empty())
         .map(<[u8]>::to_vec)
         .collect())
+}
+
+fn is_symlink(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK
+}
+
+fn fremove_xattr(fd: BorrowedFd, name: &[u8]) -> Result<(), Errno> {
+    let name = c_name(name)?;
+    // SAFETY: name is NUL-terminated; the descriptor is open for the call.
+    let r = unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) };
+    Errno::result(r).map(drop)
 }
 
 fn path_remove_xattr(fd: &OwnedFd, name: &[u8]) -> Result<(), Errno> {
