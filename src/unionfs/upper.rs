@@ -590,6 +590,9 @@ pub enum UpperEntry {
     },
 }
 
+/// A name in a directory and the lower path it was copied up from.
+pub type NamedOrigin = (Vec<u8>, Vec<u8>);
+
 /// An upper node's origin, opaque mark and override.
 type PrivateMarks = (Option<Vec<u8>>, bool, Option<OverrideStat>);
 
@@ -719,7 +722,7 @@ impl Upper {
     }
 
     /// The origins recorded for the symlinks of the directory `path`.
-    pub fn symlink_origins(&self, path: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, UpperError> {
+    pub fn symlink_origins(&self, path: &[u8]) -> Result<Vec<NamedOrigin>, UpperError> {
         let dir = self.open_dir(path)?;
         let raw = match fget_xattr(dir.as_fd(), SYMLINK_ORIGINS_XATTR.as_bytes()) {
             Ok(v) => v.unwrap_or_default(),
