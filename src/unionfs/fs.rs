@@ -471,7 +471,7 @@ impl UnionFs {
         meta.fsync = w.fsync_copy_up;
         w.upper.copy_up_dir(&path, &meta).map_err(errno)?;
         let mut node = Node::upper(FileType::Directory, Some(pos), (parent, name.clone()));
-        node.over = over_of(&meta);
+        node.over = self.over_of(&meta);
         st.nodes.insert(dir, node);
         st.dirs.insert(
             dir,
@@ -484,6 +484,21 @@ impl UnionFs {
             ds.entries.insert(name, Slot::Node(dir));
         }
         Ok(())
+    }
+
+    /// The override a copy-up recorded: where the owner is not the daemon's own and
+    /// the daemon could not chown to it (upper::own_fd makes the same choice).
+    fn over_of(&self, meta: &super::upper::NodeMeta) -> Option<OverrideStat> {
+        let euid = nix::unistd::geteuid();
+        let own = meta.uid == euid.as_raw() && meta.gid == nix::unistd::getegid().as_raw();
+        let can_chown =
+            euid.is_root() && self.lower.uids.maps(meta.uid) && self.lower.gids.maps(meta.gid);
+        (!own && !can_chown).then_some(OverrideStat {
+            uid: meta.uid,
+            gid: meta.gid,
+            mode: meta.mode & 0o7777,
+            kind: None,
+        })
     }
 
     /// The names under which a lower node shows now.
@@ -588,7 +603,7 @@ impl UnionFs {
                 return Err(e);
             }
         };
-        let over = over_of(&self.lower.node_meta(pos));
+        let over = self.over_of(&self.lower.node_meta(pos));
         let Some((first_dir, first_name)) = names.first().cloned() else {
             let file = copy.file().try_clone().map_err(|_| Errno::EMFILE)?;
             w.upper.discard_copy(copy);
@@ -682,7 +697,7 @@ impl UnionFs {
         node.over = if kind == FileType::Symlink {
             None
         } else {
-            over_of(&meta)
+            self.over_of(&meta)
         };
         st.nodes.insert(ino, node);
         if let Some(ds) = st.dirs.get_mut(&dir) {
@@ -917,18 +932,10 @@ impl UnionFs {
                 ds.entries.remove(name);
             }
         }
-        match st.nodes.get_mut(&ino) {
-            Some(node) => node.remove_link(dir, name),
-            None => {
-                // A lower node that lost a name: it now differs from the view.
-                if let Some(pos) = self.lower.position(ino) {
-                    let kind = file_type(self.lower.kind(pos));
-                    let mut node = Node::upper(kind, Some(pos), (dir, name.to_vec()));
-                    node.in_upper = false;
-                    node.links.clear();
-                    st.nodes.insert(ino, node);
-                }
-            }
+        // A lower node needs no record: its data stays in the lower for whoever has
+        // it open, and its other hardlinked names still show it.
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            node.remove_link(dir, name);
         }
         if self.kind(Some(st), ino) == Some(FileType::Directory) {
             st.dirs.remove(&ino);
@@ -1314,26 +1321,6 @@ fn time_spec(t: TimeOrNow) -> TimeSpec {
             TimeSpec::new(s, ns)
         }
     }
-}
-
-fn over_of(meta: &super::upper::NodeMeta) -> Option<OverrideStat> {
-    let own =
-        meta.uid == nix::unistd::geteuid().as_raw() && meta.gid == nix::unistd::getegid().as_raw();
-    // What the copy recorded, if chown could not store it: the same test apply_meta
-    // makes; a successful chown leaves the override out, and stat shows the owner.
-    (!own && !can_chown_to(meta.uid, meta.gid)).then_some(OverrideStat {
-        uid: meta.uid,
-        gid: meta.gid,
-        mode: meta.mode & 0o7777,
-        kind: None,
-    })
-}
-
-/// Whether this process may give files the owner `uid:gid`: root of a namespace that
-/// maps both.
-fn can_chown_to(uid: u32, gid: u32) -> bool {
-    let caps = nix::unistd::geteuid().is_root();
-    caps && IdMap::of_current("uid_map").maps(uid) && IdMap::of_current("gid_map").maps(gid)
 }
 
 fn stat_kind(st: &FileStat) -> FileType {
