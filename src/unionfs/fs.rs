@@ -342,7 +342,11 @@ impl UnionFs {
                     (None, Some(path)) => self.w()?.upper.stat(&path).map_err(errno)?,
                     (None, None) => return Err(Errno::ENOENT),
                 };
-                Ok(self.upper_attr(ino, &stat, node.over.as_ref()))
+                let mut attr = self.upper_attr(ino, &stat, node.over.as_ref());
+                if let Some(n) = st.and_then(|s| self.merged_dir_nlink(s, ino)) {
+                    attr.nlink = n;
+                }
+                Ok(attr)
             }
             Some(node) => {
                 let pos = node.lower.ok_or(Errno::ENOENT)?;
@@ -353,12 +357,48 @@ impl UnionFs {
                 }
                 Ok(attr)
             }
-            None => self
-                .lower
-                .position(ino)
-                .map(|p| self.lower.attr(p))
-                .ok_or(Errno::ENOENT),
+            None => {
+                let pos = self.lower.position(ino).ok_or(Errno::ENOENT)?;
+                let mut attr = self.lower.attr(pos);
+                if attr.nlink > 1
+                    && attr.kind != FileType::Directory
+                    && let Some(st) = st
+                {
+                    attr.nlink = self.visible_name_count(st, ino, pos);
+                }
+                Ok(attr)
+            }
         }
+    }
+
+    /// A directory with a lower beneath it counts its subdirectories in the union,
+    /// as a directory of one filesystem would (2 + subdirectories).
+    fn merged_dir_nlink(&self, st: &State, dir: u64) -> Option<u32> {
+        let ds = st.dirs.get(&dir)?;
+        ds.lower?;
+        let listing = self.listing(Some(st), dir).ok()?;
+        let subdirs = listing
+            .iter()
+            .filter(|(_, ino, _)| self.kind(Some(st), *ino) == Some(FileType::Directory))
+            .count();
+        Some(2 + subdirs as u32)
+    }
+
+    /// How many names of a lower hardlink group still show it.
+    fn visible_name_count(&self, st: &State, ino: u64, pos: usize) -> u32 {
+        let shown = self
+            .lower
+            .names_of(pos)
+            .into_iter()
+            .filter(|&p| {
+                let dir = self.lower.parent_inode(p);
+                matches!(
+                    self.resolve_in(Some(st), dir, self.lower.name(p)),
+                    Resolved::Found(i) if i == ino
+                )
+            })
+            .count();
+        shown.max(1) as u32
     }
 
     fn upper_attr(&self, ino: u64, st: &FileStat, over: Option<&OverrideStat>) -> FileAttr {
@@ -434,9 +474,11 @@ impl UnionFs {
 
     /// Makes sure the directory can be listed: scans it if it is in the upper.
     fn ready_dir(&self, dir: u64) -> Res<()> {
-        let needs = self
-            .read_state()
-            .is_some_and(|st| st.is_upper(dir) && !st.dirs.contains_key(&dir));
+        let needs = self.read_state().is_some_and(|st| {
+            st.nodes.get(&dir).is_some_and(|n| {
+                n.in_upper && n.kind == FileType::Directory && (dir == ROOT || !n.links.is_empty())
+            }) && !st.dirs.contains_key(&dir)
+        });
         if needs {
             let w = self.w()?;
             let mut st = self.write_state(w);
@@ -1203,6 +1245,9 @@ impl UnionFs {
     }
 
     fn entry_attr(&self, ino: u64) -> Res<FileAttr> {
+        // A directory of the upper is scanned before its first stat, so that its
+        // link count is the union's from the start.
+        self.ready_dir(ino)?;
         let st = self.read_state();
         self.attr(st.as_deref(), ino)
     }
