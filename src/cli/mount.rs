@@ -18,6 +18,10 @@ pub struct Args {
     /// The work directory for --upper, on the same filesystem [default: UPPER.work]
     #[arg(long, value_name = "DIR", requires = "upper")]
     work: Option<PathBuf>,
+    /// Do not fsync copy-ups (as kernel overlayfs's `volatile`): faster, but after a
+    /// power cut a copied-up file may be empty
+    #[arg(long, requires = "upper")]
+    volatile: bool,
     /// The image: NAME[:TAG], an ID prefix, or @sha256:<digest>
     image: String,
     /// An existing directory to mount on
@@ -37,7 +41,9 @@ const STOP_SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGH
 
 pub fn run(store: &Store, args: Args) -> anyhow::Result<()> {
     let image = store.images().load()?.find(&args.image)?.clone();
-    let upper = args.upper.map(|dir| UpperDirs::new(dir, args.work));
+    let upper = args
+        .upper
+        .map(|dir| UpperDirs::new(dir, args.work, args.volatile));
     let fs = image_fs(store, &image, upper.as_ref())?;
     let mut mounted = mount(fs, &args.mountpoint)?;
     if !args.foreground {

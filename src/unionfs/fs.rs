@@ -108,8 +108,10 @@ impl UnionFs {
         }
     }
 
-    /// Makes the union writable, with `upper` over the lower view.
-    pub fn with_upper(mut self, upper: Upper) -> UnionFs {
+    /// Makes the union writable, with `upper` over the lower view. Copy-ups are
+    /// fsynced before they appear unless `volatile` (kernel overlayfs's option of
+    /// that name): then a power cut may leave a copied-up file empty.
+    pub fn with_upper(mut self, upper: Upper, volatile: bool) -> UnionFs {
         let mut state = State::default();
         let root_lower = (!self.lower.is_empty()).then_some(0);
         let mut root = Node::upper(FileType::Directory, root_lower, (ROOT, Vec::new()));
@@ -119,7 +121,7 @@ impl UnionFs {
             upper,
             state: RwLock::new(state),
             copy_locks: (0..COPY_STRIPES).map(|_| Mutex::new(())).collect(),
-            fsync_copy_up: true,
+            fsync_copy_up: !volatile,
         });
         self
     }
@@ -830,7 +832,8 @@ impl UnionFs {
             .get(&parent)
             .is_some_and(|d| d.entries.get(name) == Some(&Slot::Whiteout));
         let path = self.child_path(&st, parent, name)?;
-        let owner = self.new_owner(&st, req, parent);
+        let parent_path = self.path(&st, parent).ok_or(Errno::ENOENT)?;
+        let owner = self.new_owner(&st, req, parent, &parent_path);
         let kind = match node {
             NewNode::File { .. } => FileType::RegularFile,
             NewNode::Dir { .. } => FileType::Directory,
@@ -868,12 +871,14 @@ impl UnionFs {
     }
 
     /// The owner of a new node: the caller, with the group of a setgid directory.
-    fn new_owner(&self, st: &State, req: &Request, parent: u64) -> (u32, u32) {
-        let gid = match self.attr(Some(st), parent) {
-            Ok(a) if a.perm & 0o2000 != 0 => a.gid,
-            _ => req.gid(),
+    fn new_owner(&self, st: &State, req: &Request, parent: u64, parent_path: &[u8]) -> (u32, u32) {
+        let over = st.nodes.get(&parent).and_then(|n| n.over);
+        let setgid_group = match (over, self.w().map(|w| w.upper.stat(parent_path))) {
+            (Some(o), _) => (o.mode & 0o2000 != 0).then_some(o.gid),
+            (None, Ok(Ok(s))) => (s.st_mode & 0o2000 != 0).then_some(s.st_gid),
+            _ => None,
         };
-        (req.uid(), gid)
+        (req.uid(), setgid_group.unwrap_or(req.gid()))
     }
 
     /// Whether the lower shows `name` in `dir` (so deleting it needs a whiteout).
@@ -1460,14 +1465,26 @@ impl Filesystem for UnionFs {
         match self.resolve(parent.0, name.as_bytes()) {
             Ok(Some(ino)) => reply_entry(self, reply, self.entry_attr(ino)),
             Ok(None) => {
-                // Inode 0 with a timeout: the kernel remembers the name is absent.
-                match self.entry_attr(parent.0) {
-                    Ok(mut absent) => {
-                        absent.ino = INodeNo(0);
-                        reply.entry_with_ttls(&self.ttl, &self.ttl, &absent, GENERATION);
-                    }
-                    Err(e) => reply.error(e),
-                }
+                // Inode 0 with a timeout: the kernel remembers the name is absent (and
+                // reads nothing else of the reply).
+                let absent = FileAttr {
+                    ino: INodeNo(0),
+                    size: 0,
+                    blocks: 0,
+                    atime: SystemTime::UNIX_EPOCH,
+                    mtime: SystemTime::UNIX_EPOCH,
+                    ctime: SystemTime::UNIX_EPOCH,
+                    crtime: SystemTime::UNIX_EPOCH,
+                    kind: FileType::RegularFile,
+                    perm: 0,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    blksize: BLOCK_SIZE,
+                    flags: 0,
+                };
+                reply.entry_with_ttls(&self.ttl, &self.ttl, &absent, GENERATION);
             }
             Err(e) => reply.error(e),
         }

@@ -35,17 +35,23 @@ pub struct UpperDirs {
     pub upper: PathBuf,
     /// Beside the upper, on its filesystem: copy-ups are assembled there.
     pub work: PathBuf,
+    /// Copy-ups are not fsynced (kernel overlayfs's `volatile`).
+    pub volatile: bool,
 }
 
 impl UpperDirs {
     /// `upper`, with the work directory `work` or else `UPPER.work` beside it.
-    pub fn new(upper: PathBuf, work: Option<PathBuf>) -> UpperDirs {
+    pub fn new(upper: PathBuf, work: Option<PathBuf>, volatile: bool) -> UpperDirs {
         let work = work.unwrap_or_else(|| {
             let mut name = upper.file_name().unwrap_or_default().to_os_string();
             name.push(".work");
             upper.with_file_name(name)
         });
-        UpperDirs { upper, work }
+        UpperDirs {
+            upper,
+            work,
+            volatile,
+        }
     }
 
     /// Creates both directories if they are missing, and opens them.
@@ -77,6 +83,7 @@ pub fn image_fs(
     image: &ImageRecord,
     upper: Option<&UpperDirs>,
 ) -> Result<UnionFs, UnionError> {
+    let volatile = upper.is_some_and(|u| u.volatile);
     let upper = upper.map(UpperDirs::open).transpose()?;
     let diff_ids: Vec<_> = image.layers.iter().map(|l| l.diff_id.clone()).collect();
     let mut held = store.hold_layers(&diff_ids)?;
@@ -104,7 +111,7 @@ pub fn image_fs(
         IdMap::of_current("gid_map"),
     );
     let fs = match upper {
-        Some(upper) => fs.with_upper(upper),
+        Some(upper) => fs.with_upper(upper, volatile),
         None => fs,
     };
     Ok(fs.holding(held))
