@@ -48,9 +48,9 @@
 #
 # fsync: nothing in the workload calls fsync. --fsync says what the candidates
 # and the script sync, the same for all:
-#   none    (default) no candidate fsyncs on its own: kernel overlayfs is mounted
-#           with `volatile` (without it, it fsyncs every file it copies up; the
-#           FUSE candidates do not), fuse-overlayfs with fsync=0. After each
+#   none    (default) no candidate fsyncs on its own: kernel overlayfs and strata
+#           are mounted with `volatile` (without it, each fsyncs every file it
+#           copies up), fuse-overlayfs with fsync=0 (1.10 never fsyncs a copy-up). After each
 #           step, outside its time, `sync -f M; sync -f U` writes back the
 #           mount and the uppers' filesystem, so no step pays for another's
 #           write-back.
@@ -58,10 +58,8 @@
 #           time to get the step onto the disk (noisy on a shared machine: it
 #           writes back whatever else is dirty on that filesystem).
 #   own     each candidate's own policy: no volatile, no fsync=0 (so kernel
-#           overlayfs fsyncs each copied-up file); the syncs as with none.
-# strata has no switch for it (as of aeea8df): it fsyncs every file it copies
-# up, in every mode. So with none and syncfs its step 1 does 1000 fsyncs that
-# the others skip; --fsync own puts it beside kernel overlayfs on equal terms.
+#           overlayfs and strata fsync each copied-up file); the syncs as with
+#           none.
 #
 # The uppers are never removed during a run (at the end only): on ext4 without
 # a journal, as here, mass creates are several times slower for a minute or so
@@ -108,14 +106,14 @@ inner() {
     }
     trap inner_cleanup EXIT
 
-    local fo_opts= ko_opts=
-    case $fsync in none|syncfs) fo_opts=,fsync=0 ko_opts=,volatile ;; esac
+    local fo_opts= ko_opts= so_opts=()
+    case $fsync in none|syncfs) fo_opts=,fsync=0 ko_opts=,volatile so_opts=(--volatile) ;; esac
 
     declare -gA DPID=()
     mount_c() {  # candidate upper
         local c=$1 m=$work/mnt/$1 u=$2
         case $c in
-            strata) "$strata" --root "$work/store" mount --upper "$u" "$image" "$m" ;;
+            strata) "$strata" --root "$work/store" mount "${so_opts[@]}" --upper "$u" "$image" "$m" ;;
             # Debian's 1.10 says "unknown argument ignored: lazytime" on every mount.
             fuse-overlayfs)
                 fuse-overlayfs -o "lowerdir=$lowers,upperdir=$u,workdir=$u.work$fo_opts" "$m" \
@@ -342,8 +340,8 @@ bench_run_inner
 
 [ -z "$raw" ] || cp "$work/times.tsv" "$raw"
 case $fsync in
-    none) fsync_note="nothing fsynced inside the steps: kernel overlayfs mounted with volatile (else it fsyncs each copied-up file), fuse-overlayfs with fsync=0, strata fsyncs each copied-up file (it has no switch: not the same policy as the others for step 1); after each step, untimed, \`sync -f M; sync -f U\`" ;;
-    syncfs) fsync_note="kernel overlayfs mounted with volatile, fuse-overlayfs with fsync=0, strata fsyncs each copied-up file (it has no switch: not the same policy as the others for step 1); each step's time includes \`sync -f M; sync -f U\` (syncfs of the mount, then of the uppers' filesystem)" ;;
+    none) fsync_note="nothing fsynced inside the steps: kernel overlayfs and strata mounted with volatile (else each fsyncs each copied-up file), fuse-overlayfs with fsync=0; after each step, untimed, \`sync -f M; sync -f U\`" ;;
+    syncfs) fsync_note="kernel overlayfs and strata mounted with volatile, fuse-overlayfs with fsync=0; each step's time includes \`sync -f M; sync -f U\` (syncfs of the mount, then of the uppers' filesystem)" ;;
     own) fsync_note="each candidate's own: kernel overlayfs fsyncs each copied-up file, strata also fsyncs each copied-up file, fuse-overlayfs (fsync=1 by default) does not; after each step, untimed, \`sync -f M; sync -f U\`" ;;
 esac
 
