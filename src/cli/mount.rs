@@ -91,12 +91,12 @@ fn serve_until_stopped(mounted: &mut Mounted) -> anyhow::Result<()> {
         set.add(s);
     }
     set.thread_block().context("blocking signals")?;
-    let mut unmounter = mounted.unmounter();
+    let mountpoint = mounted.mountpoint().to_path_buf();
     std::thread::Builder::new()
         .name("strata-signals".into())
         .spawn(move || {
             if set.wait().is_ok() {
-                let _ = unmounter.unmount();
+                let _ = unmount(&mountpoint);
             }
         })
         .context("starting the signal thread")?;

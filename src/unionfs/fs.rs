@@ -39,7 +39,7 @@ use nix::sys::time::TimeSpec;
 
 use super::idmap::IdMap;
 use super::lower::{BLOCK_SIZE, Lower, file_type, to_system_time};
-use super::merge::{DirState, Node, Slot, State, UPPER_INO_BIT, cookie};
+use super::merge::{DirState, Node, Slot, State, cookie};
 use super::upper::{
     NewNode, OverrideStat, PreparedCopy, Upper, UpperEntry, UpperError, is_private_xattr,
 };
@@ -244,6 +244,7 @@ impl UnionFs {
                     over,
                 } => {
                     let (ino, lower) = self.identify(&ds, &name, &stat, origin.as_deref(), opaque);
+                    let ino = ino.unwrap_or_else(|| st.upper_born_ino(stat.st_ino, false));
                     let node = st.nodes.entry(ino).or_insert_with(|| Node {
                         kind: stat_kind(&stat),
                         lower,
@@ -267,7 +268,8 @@ impl UnionFs {
         Ok(())
     }
 
-    /// The inode of an upper entry, and the lower position it stands for.
+    /// The inode of an upper entry that stands for a lower node (None: upper-born),
+    /// and the lower position it stands for.
     fn identify(
         &self,
         parent: &DirState,
@@ -275,7 +277,7 @@ impl UnionFs {
         stat: &FileStat,
         origin: Option<&[u8]>,
         opaque: bool,
-    ) -> (u64, Option<usize>) {
+    ) -> (Option<u64>, Option<usize>) {
         let is_dir = stat_kind(stat) == FileType::Directory;
         let same_name = parent
             .lower
@@ -285,11 +287,11 @@ impl UnionFs {
         let merged = if opaque { None } else { same_name };
         match (from_origin, same_name) {
             (Some(pos), _) => (
-                self.lower.inode(pos),
+                Some(self.lower.inode(pos)),
                 if is_dir { merged } else { Some(pos) },
             ),
-            (None, Some(pos)) if !opaque => (self.lower.inode(pos), Some(pos)),
-            _ => (UPPER_INO_BIT | stat.st_ino, None),
+            (None, Some(pos)) if !opaque => (Some(self.lower.inode(pos)), Some(pos)),
+            _ => (None, None),
         }
     }
 
@@ -697,7 +699,7 @@ impl UnionFs {
         let w = self.w()?;
         let pos = self.lower_pos_of(Some(st), ino)?;
         let names = self.visible_names(st, ino, pos)?;
-        let Some((dir, name)) = names.into_iter().next() else {
+        let Some((dir, name)) = names.first().cloned() else {
             return Ok(());
         };
         self.ensure_upper_dir(st, dir)?;
@@ -705,15 +707,10 @@ impl UnionFs {
         let meta = self.lower.node_meta(pos);
         let entry = self.lower.view.index.entry(pos);
         match entry.kind() {
-            EntryKind::Symlink => {
-                w.upper
-                    .copy_up_symlink(&path, entry.symlink_target(), &meta)
-                    .map_err(errno)?;
-                let dir_path = self.path(st, dir).ok_or(Errno::ENOENT)?;
-                w.upper
-                    .set_symlink_origin(&dir_path, &name, Some(entry.path()))
-                    .map_err(errno)?;
-            }
+            EntryKind::Symlink => w
+                .upper
+                .copy_up_symlink(&path, entry.symlink_target(), &meta)
+                .map_err(errno)?,
             kind => {
                 let m = entry.meta();
                 let type_bits = match kind {
@@ -729,23 +726,30 @@ impl UnionFs {
                 w.upper
                     .create(&path, node, (meta.uid, meta.gid), false)
                     .map_err(errno)?;
-                let times = (
-                    Some(TimeSpec::new(meta.mtime.0, i64::from(meta.mtime.1))),
-                    Some(TimeSpec::new(meta.mtime.0, i64::from(meta.mtime.1))),
-                );
-                w.upper.set_times(&path, times.0, times.1).map_err(errno)?;
+                let mtime = Some(TimeSpec::new(meta.mtime.0, i64::from(meta.mtime.1)));
+                w.upper.set_times(&path, mtime, mtime).map_err(errno)?;
             }
+        }
+        // The other names of a hardlinked one follow it, as for files.
+        for (other_dir, other_name) in names.iter().skip(1) {
+            self.ensure_upper_dir(st, *other_dir)?;
+            let other = self.child_path(st, *other_dir, other_name)?;
+            w.upper.link(&path, &other, false).map_err(errno)?;
         }
         let kind = file_type(entry.kind());
         let mut node = Node::upper(kind, Some(pos), (dir, name.clone()));
+        node.links = names.clone();
         node.over = if kind == FileType::Symlink {
             None
         } else {
             self.over_of(&meta)
         };
         st.nodes.insert(ino, node);
-        if let Some(ds) = st.dirs.get_mut(&dir) {
-            ds.entries.insert(name, Slot::Node(ino));
+        for (d, n) in &names {
+            if let Some(ds) = st.dirs.get_mut(d) {
+                ds.entries.insert(n.clone(), Slot::Node(ino));
+            }
+            self.sync_origin_record(st, *d, n)?;
         }
         Ok(())
     }
@@ -848,7 +852,7 @@ impl UnionFs {
             .upper
             .create(&path, node, owner, over_whiteout)
             .map_err(errno)?;
-        let ino = UPPER_INO_BIT | stat.st_ino;
+        let ino = st.upper_born_ino(stat.st_ino, true);
         let mut new = Node::upper(kind, None, (parent, name.to_vec()));
         new.file = file.map(Arc::new);
         if overridden {
@@ -943,22 +947,23 @@ impl UnionFs {
         } else {
             w.upper.whiteout(&path).map_err(errno)?;
         }
-        let symlink = self.kind(Some(&st), ino) == Some(FileType::Symlink);
+        let recorded = self.kind(Some(&st), ino).is_some_and(takes_no_xattrs);
         self.forget_name(&mut st, parent, name, ino, lower_has);
-        if symlink {
-            self.sync_symlink_record(&st, parent, name)?;
+        if recorded {
+            self.sync_origin_record(&st, parent, name)?;
         }
         Ok(())
     }
 
-    /// Brings the symlink-origin record of `dir`/`name` up to date: symlinks carry
-    /// no xattrs, so a copied-up one's origin lives on its directory.
-    fn sync_symlink_record(&self, st: &State, dir: u64, name: &[u8]) -> Res<()> {
+    /// Brings the origin record of `dir`/`name` up to date: symlinks, fifos, sockets
+    /// and devices take no user xattrs, so a copied-up one's origin lives on its
+    /// directory.
+    fn sync_origin_record(&self, st: &State, dir: u64, name: &[u8]) -> Res<()> {
         let origin = match st.dirs.get(&dir).and_then(|d| d.entries.get(name)) {
             Some(Slot::Node(ino)) => st
                 .nodes
                 .get(ino)
-                .filter(|n| n.kind == FileType::Symlink && n.in_upper)
+                .filter(|n| takes_no_xattrs(n.kind) && n.in_upper)
                 .and_then(|n| n.lower)
                 .map(|pos| self.lower.path(pos).to_vec()),
             _ => None,
@@ -1016,10 +1021,10 @@ impl UnionFs {
         }
         let x_dir = self.kind(Some(&st), x) == Some(FileType::Directory);
         let y_dir = y.is_some_and(|y| self.kind(Some(&st), y) == Some(FileType::Directory));
-        let symlinks = [Some(x), y]
+        let recorded = [Some(x), y]
             .into_iter()
             .flatten()
-            .any(|n| self.kind(Some(&st), n) == Some(FileType::Symlink));
+            .any(|n| self.kind(Some(&st), n).is_some_and(takes_no_xattrs));
         if let (Some(y), false) = (y, exchange) {
             match (x_dir, y_dir) {
                 (true, false) => return Err(Errno::ENOTDIR),
@@ -1063,9 +1068,9 @@ impl UnionFs {
             if let Some(ds) = st.dirs.get_mut(&to.0) {
                 ds.entries.insert(to.1.to_vec(), Slot::Node(x));
             }
-            if symlinks {
-                self.sync_symlink_record(&st, from.0, from.1)?;
-                self.sync_symlink_record(&st, to.0, to.1)?;
+            if recorded {
+                self.sync_origin_record(&st, from.0, from.1)?;
+                self.sync_origin_record(&st, to.0, to.1)?;
             }
             return Ok(());
         }
@@ -1133,9 +1138,9 @@ impl UnionFs {
                 node.lower = None;
             }
         }
-        if symlinks {
-            self.sync_symlink_record(&st, from.0, from.1)?;
-            self.sync_symlink_record(&st, to.0, to.1)?;
+        if recorded {
+            self.sync_origin_record(&st, from.0, from.1)?;
+            self.sync_origin_record(&st, to.0, to.1)?;
         }
         Ok(())
     }
@@ -1173,6 +1178,9 @@ impl UnionFs {
         }
         if let Some(ds) = st.dirs.get_mut(&parent) {
             ds.entries.insert(name.to_vec(), Slot::Node(ino));
+        }
+        if self.kind(Some(&st), ino).is_some_and(takes_no_xattrs) {
+            self.sync_origin_record(&st, parent, name)?;
         }
         self.attr(Some(&st), ino)
     }
@@ -1373,6 +1381,11 @@ fn time_spec(t: TimeOrNow) -> TimeSpec {
     }
 }
 
+/// Whether Linux refuses user.* xattrs on nodes of this kind.
+fn takes_no_xattrs(kind: FileType) -> bool {
+    !matches!(kind, FileType::RegularFile | FileType::Directory)
+}
+
 fn stat_kind(st: &FileStat) -> FileType {
     mode_kind(st.st_mode)
 }
@@ -1561,6 +1574,11 @@ impl Filesystem for UnionFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        if mode_kind(mode) == FileType::CharDevice && rdev == 0 {
+            // A 0/0 device in the upper is a whiteout: it cannot be a file of the union
+            // (kernel overlayfs refuses it too).
+            return reply.error(Errno::EPERM);
+        }
         let node = if mode_kind(mode) == FileType::RegularFile {
             NewNode::File { mode }
         } else {

@@ -23,6 +23,10 @@ use super::upper::OverrideStat;
 
 /// Set in the inode numbers of nodes born in the upper.
 pub const UPPER_INO_BIT: u64 = 1 << 63;
+/// Set, with UPPER_INO_BIT, in the numbers of upper-born nodes whose natural number
+/// was still in use (see `State::upper_born_ino`); never clashes with an ext4 or
+/// xfs inode number below 2^62.
+const SPARE_INO_BIT: u64 = UPPER_INO_BIT | (1 << 62);
 
 /// What an upper directory says of one name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,9 +91,43 @@ pub struct DirState {
 pub struct State {
     pub nodes: HashMap<u64, Node>,
     pub dirs: HashMap<u64, DirState>,
+    /// Upper-born nodes whose natural number was taken when they appeared: by upper
+    /// inode, the number they got instead.
+    pub renumbered: HashMap<u64, u64>,
+    next_spare: u64,
 }
 
 impl State {
+    /// The inode number of an upper-born node whose upper inode is `upper_ino`.
+    /// Normally `UPPER_INO_BIT | upper_ino`, the same on every mount. But the upper
+    /// filesystem reuses the inode numbers of deleted files at once, while the kernel
+    /// may still hold the deleted node (open, or not yet forgotten): a number in use
+    /// is never handed out again, the new node gets a spare one. `new`: the node is
+    /// new (created, not another name of a known one).
+    pub fn upper_born_ino(&mut self, upper_ino: u64, new: bool) -> u64 {
+        if !new {
+            if let Some(&ino) = self.renumbered.get(&upper_ino)
+                && self.nodes.get(&ino).is_some_and(|n| !n.links.is_empty())
+            {
+                return ino;
+            }
+        }
+        let natural = UPPER_INO_BIT | upper_ino;
+        match self.nodes.get(&natural) {
+            None => {
+                self.renumbered.remove(&upper_ino);
+                natural
+            }
+            Some(n) if !new && !n.links.is_empty() && n.in_upper => natural,
+            Some(_) => {
+                self.next_spare += 1;
+                let spare = SPARE_INO_BIT | self.next_spare;
+                self.renumbered.insert(upper_ino, spare);
+                spare
+            }
+        }
+    }
+
     pub fn is_upper(&self, ino: u64) -> bool {
         self.nodes.get(&ino).is_some_and(|n| n.in_upper)
     }

@@ -10,9 +10,12 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use fuser::{Config, MountOption, Session, SessionACL};
 use nix::fcntl::OFlag;
+use nix::mount::MsFlags;
 use nix::sys::stat::Mode;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 
 use super::UnionError;
 use super::fs::UnionFs;
@@ -120,10 +123,16 @@ pub fn image_fs(
 /// A mounted filesystem, answering the kernel once `serve` runs.
 pub struct Mounted {
     session: Session<UnionFs>,
+    mountpoint: PathBuf,
 }
 
 /// Mounts `fs` on `mountpoint`, read-only unless it has an upper. The kernel's first
 /// request (INIT) has been answered when this returns.
+///
+/// Where we may (root of a user and mount namespace of our own) the mount is made
+/// here by mount(2) and fuser only serves the descriptor: fuser's own mounts unmount
+/// their mountpoint by path when the session ends, and when the mount is already
+/// gone that path may by then hold the next mount of the same directory.
 pub fn mount(fs: UnionFs, mountpoint: &Path) -> Result<Mounted, UnionError> {
     check_fuse_device()?;
     if !mountpoint.is_dir() {
@@ -131,34 +140,79 @@ pub fn mount(fs: UnionFs, mountpoint: &Path) -> Result<Mounted, UnionError> {
             path: mountpoint.to_path_buf(),
         });
     }
+    let mount_error = |source| UnionError::Mount {
+        mountpoint: mountpoint.to_path_buf(),
+        source,
+    };
     let acl = if may_allow_other() {
         SessionACL::All
     } else {
         SessionACL::Owner
     };
     let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("strata".into()),
-        MountOption::Subtype("strata".into()),
-        MountOption::DefaultPermissions,
-    ];
-    if !fs.is_writable() {
-        config.mount_options.push(MountOption::RO);
-    }
-    config.acl = acl;
     config.n_threads = Some(default_threads());
     config.clone_fd = true;
-    let session = Session::new(fs, mountpoint, &config).map_err(|e| UnionError::Mount {
+    let read_only = !fs.is_writable();
+    let session = match mount_directly(mountpoint, read_only).map_err(mount_error)? {
+        Some(fd) => Session::from_fd(fs, fd, SessionACL::All, config).map_err(mount_error)?,
+        None => {
+            config.mount_options = vec![
+                MountOption::FSName("strata".into()),
+                MountOption::Subtype("strata".into()),
+                MountOption::DefaultPermissions,
+            ];
+            if read_only {
+                config.mount_options.push(MountOption::RO);
+            }
+            config.acl = acl;
+            Session::new(fs, mountpoint, &config).map_err(mount_error)?
+        }
+    };
+    Ok(Mounted {
+        session,
         mountpoint: mountpoint.to_path_buf(),
-        source: e,
-    })?;
-    Ok(Mounted { session })
+    })
+}
+
+/// mount(2) of a FUSE filesystem on `mountpoint`, where the caller may; None where
+/// it may not (then fusermount3 must).
+fn mount_directly(mountpoint: &Path, read_only: bool) -> std::io::Result<Option<OwnedFd>> {
+    if IdMap::of_current("uid_map") == IdMap::identity() && !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let fd: OwnedFd = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")?
+        .into();
+    let data = format!(
+        "fd={},rootmode=40000,user_id={},group_id={},default_permissions,allow_other",
+        fd.as_raw_fd(),
+        nix::unistd::geteuid(),
+        nix::unistd::getegid()
+    );
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    match nix::mount::mount(
+        Some("strata"),
+        mountpoint,
+        Some("fuse.strata"),
+        flags,
+        Some(data.as_str()),
+    ) {
+        Ok(()) => Ok(Some(fd)),
+        Err(nix::errno::Errno::EPERM) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Mounted {
-    /// A handle that unmounts from another thread (a signal handler's).
-    pub fn unmounter(&mut self) -> SessionUnmounter {
-        self.session.unmount_callable()
+    /// The mountpoint, for an unmount from another thread (a signal handler's).
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
     }
 
     /// Serves requests until the filesystem is unmounted.

@@ -560,8 +560,8 @@ impl Upper {
 /// its inode number across mounts. Under `user.overlay.`, which kernel overlayfs
 /// (userxattr) keeps to itself and never shows, and never reads for this name.
 pub const ORIGIN_XATTR: &str = "user.overlay.strata.origin";
-/// Symlinks take no user xattrs: their origins are kept on their directory, as
-/// `NAME\0ORIGIN\0` pairs.
+/// Symlinks, fifos, sockets and devices take no user xattrs: their origins are kept
+/// on their directory, as `NAME\0ORIGIN\0` pairs.
 pub const SYMLINK_ORIGINS_XATTR: &str = "user.overlay.strata.symlink-origins";
 /// The OCI tar form of an opaque marker, also read in uppers.
 pub const OPAQUE_WH_FILE: &[u8] = b".wh..wh..opq";
@@ -704,7 +704,7 @@ impl Upper {
                 continue;
             }
             let (mut origin, opaque_child, over) = self.private_marks(&dir, &name, &stat)?;
-            if origin.is_none() && is_symlink(&stat) {
+            if origin.is_none() && takes_no_xattrs(&stat) {
                 origin = symlink_origins
                     .iter()
                     .find(|(n, _)| *n == name)
@@ -1117,7 +1117,8 @@ impl Upper {
                 if !symlink {
                     let node = self.open_node(path)?;
                     match path_remove_xattr(&node, OVERRIDE_XATTR.as_bytes()) {
-                        Ok(()) | Err(Errno::ENODATA) => {}
+                        // Fifos, sockets and devices take no user.* xattrs at all.
+                        Ok(()) | Err(Errno::ENODATA) | Err(Errno::EPERM) | Err(Errno::ENOTSUP) => {}
                         Err(e) => return Err(sys("removexattr", path)(e)),
                     }
                 }
@@ -1322,8 +1323,10 @@ fn path_list_xattrs(fd: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
         .collect())
 }
 
-fn is_symlink(st: &FileStat) -> bool {
-    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK
+/// Symlinks, fifos, sockets and devices: Linux refuses user.* xattrs on them.
+fn takes_no_xattrs(st: &FileStat) -> bool {
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    kind != SFlag::S_IFREG && kind != SFlag::S_IFDIR
 }
 
 fn fremove_xattr(fd: BorrowedFd, name: &[u8]) -> Result<(), Errno> {
