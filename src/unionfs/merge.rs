@@ -105,12 +105,11 @@ impl State {
     /// is never handed out again, the new node gets a spare one. `new`: the node is
     /// new (created, not another name of a known one).
     pub fn upper_born_ino(&mut self, upper_ino: u64, new: bool) -> u64 {
-        if !new {
-            if let Some(&ino) = self.renumbered.get(&upper_ino)
-                && self.nodes.get(&ino).is_some_and(|n| !n.links.is_empty())
-            {
-                return ino;
-            }
+        if !new
+            && let Some(&ino) = self.renumbered.get(&upper_ino)
+            && self.nodes.get(&ino).is_some_and(|n| !n.links.is_empty())
+        {
+            return ino;
         }
         let natural = UPPER_INO_BIT | upper_ino;
         match self.nodes.get(&natural) {
