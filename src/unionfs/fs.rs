@@ -836,8 +836,8 @@ impl UnionFs {
             .get(&parent)
             .is_some_and(|d| d.entries.get(name) == Some(&Slot::Whiteout));
         let path = self.child_path(&st, parent, name)?;
-        let parent_path = self.path(&st, parent).ok_or(Errno::ENOENT)?;
-        let owner = self.new_owner(&st, req, parent, &parent_path);
+        // The caller owns it (upper::create gives it a setgid parent's group).
+        let owner = (req.uid(), req.gid());
         let kind = match node {
             NewNode::File { .. } => FileType::RegularFile,
             NewNode::Dir { .. } => FileType::Directory,
@@ -872,17 +872,6 @@ impl UnionFs {
             ds.entries.insert(name.to_vec(), Slot::Node(ino));
         }
         Ok(attr)
-    }
-
-    /// The owner of a new node: the caller, with the group of a setgid directory.
-    fn new_owner(&self, st: &State, req: &Request, parent: u64, parent_path: &[u8]) -> (u32, u32) {
-        let over = st.nodes.get(&parent).and_then(|n| n.over);
-        let setgid_group = match (over, self.w().map(|w| w.upper.stat(parent_path))) {
-            (Some(o), _) => (o.mode & 0o2000 != 0).then_some(o.gid),
-            (None, Ok(Ok(s))) => (s.st_mode & 0o2000 != 0).then_some(s.st_gid),
-            _ => None,
-        };
-        (req.uid(), setgid_group.unwrap_or(req.gid()))
     }
 
     /// Whether the lower shows `name` in `dir` (so deleting it needs a whiteout).
@@ -1310,6 +1299,11 @@ impl UnionFs {
         if let Some(st) = st.as_deref()
             && st.is_upper(ino)
         {
+            // The kernel asks for security.capability before every write: an open
+            // file answers without a path walk.
+            if let Some(file) = st.nodes.get(&ino).and_then(|n| n.file.as_ref()) {
+                return super::upper::file_xattr(file, name).map_err(nix_errno);
+            }
             let path = self.path(st, ino).ok_or(Errno::ENOENT)?;
             return self.w()?.upper.get_xattr(&path, name).map_err(errno);
         }
@@ -1741,7 +1735,9 @@ impl Filesystem for UnionFs {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to do at close (writes are not buffered here, and locks are the
+        // kernel's own): ENOSYS, once, and the kernel stops sending flushes.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -1982,39 +1978,18 @@ impl Filesystem for UnionFs {
 
     fn create(
         &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
         _umask: u32,
-        flags: i32,
+        _flags: i32,
         reply: ReplyCreate,
     ) {
-        let made = self.make(req, parent.0, name.as_bytes(), NewNode::File { mode });
-        let result = match made {
-            // The kernel thought the name free; it is not: open it as open(2) would.
-            Err(Errno::EEXIST) if flags & libc::O_EXCL == 0 => self
-                .resolve(parent.0, name.as_bytes())
-                .and_then(|ino| ino.ok_or(Errno::ENOENT))
-                .and_then(|ino| {
-                    if flags & libc::O_TRUNC != 0 {
-                        self.setattr_op(ino, None, None, None, Some(0), None, None)
-                    } else {
-                        self.entry_attr(ino)
-                    }
-                }),
-            other => other,
-        };
-        match result {
-            Ok(attr) => reply.created(
-                &self.ttl,
-                &attr,
-                GENERATION,
-                FileHandle(0),
-                FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(e),
-        }
+        // ENOSYS, once: the kernel then creates with MKNOD and opens with no message
+        // at all (zero-message open), where CREATE would also bring a RELEASE at
+        // close. Four requests for open-write-close of a new file instead of six.
+        reply.error(Errno::ENOSYS);
     }
 
     fn fallocate(

@@ -628,6 +628,11 @@ impl PreparedCopy {
     }
 }
 
+/// An xattr of an open file of the upper.
+pub fn file_xattr(file: &File, name: &[u8]) -> Result<Option<Vec<u8>>, Errno> {
+    fget_xattr(file.as_fd(), name)
+}
+
 /// Whether the daemon's own credentials already give a new node the owner `uid:gid`.
 fn is_own(uid: u32, gid: u32) -> bool {
     uid == nix::unistd::geteuid().as_raw() && gid == nix::unistd::getegid().as_raw()
@@ -834,6 +839,13 @@ impl Upper {
         over_whiteout: bool,
     ) -> Result<(FileStat, Option<File>, bool), UpperError> {
         let (parent, name) = self.parent(path)?;
+        // A setgid directory gives its group to what is made in it.
+        let parent_stat = nix::sys::stat::fstat(&parent).map_err(sys("stat", path))?;
+        let owner = if parent_stat.st_mode & libc::S_ISGID != 0 {
+            (owner.0, parent_stat.st_gid)
+        } else {
+            owner
+        };
         let tmp = temp_name();
         let (at, at_name): (&OwnedFd, &[u8]) = if over_whiteout {
             (&self.work, tmp.as_bytes())
