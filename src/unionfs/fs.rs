@@ -376,16 +376,32 @@ impl UnionFs {
     }
 
     /// A directory with a lower beneath it counts its subdirectories in the union,
-    /// as a directory of one filesystem would (2 + subdirectories).
+    /// as a directory of one filesystem would (2 + subdirectories): the lower's count,
+    /// less the lower subdirectories the upper hides, plus the upper's own. Only the
+    /// upper's entries are visited, not the lower's (the kernel asks for a
+    /// directory's attributes again after every change in it).
     fn merged_dir_nlink(&self, st: &State, dir: u64) -> Option<u32> {
         let ds = st.dirs.get(&dir)?;
-        ds.lower?;
-        let listing = self.listing(Some(st), dir).ok()?;
-        let subdirs = listing
-            .iter()
-            .filter(|(_, ino, _)| self.kind(Some(st), *ino) == Some(FileType::Directory))
-            .count();
-        Some(2 + subdirs as u32)
+        let lower = ds.lower?;
+        let mut subdirs = self.lower.view.nlink(lower).saturating_sub(2);
+        for (name, slot) in &ds.entries {
+            let hides_lower_dir = self
+                .lower
+                .lookup_child(lower, name)
+                .is_some_and(|p| self.lower.kind(p) == EntryKind::Dir);
+            if hides_lower_dir {
+                subdirs = subdirs.saturating_sub(1);
+            }
+            if let Slot::Node(ino) = slot
+                && st
+                    .nodes
+                    .get(ino)
+                    .is_some_and(|n| n.kind == FileType::Directory)
+            {
+                subdirs += 1;
+            }
+        }
+        Some(2 + subdirs)
     }
 
     /// How many names of a lower hardlink group still show it.
