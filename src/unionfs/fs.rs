@@ -774,6 +774,11 @@ impl UnionFs {
     /// marks it opaque: it no longer needs its lower, so it may move anywhere.
     fn copy_up_tree(&self, st: &mut State, dir: u64) -> Res<()> {
         self.ensure_upper_dir(st, dir)?;
+        if st.dirs.get(&dir).is_some_and(|d| d.lower.is_none()) {
+            // Nothing beneath comes from a lower: what was moved in was made
+            // self-contained when it moved.
+            return Ok(());
+        }
         let children: Vec<(u64, FileType)> = self
             .listing(Some(st), dir)?
             .into_iter()
@@ -1054,6 +1059,18 @@ impl UnionFs {
         let from_path = self.child_path(&st, from.0, from.1)?;
         let to_path = self.child_path(&st, to.0, to.1)?;
         if exchange {
+            // Each directory lands where the lower may have one: nothing of that may
+            // show through it.
+            let y = y.expect("checked above");
+            for (ino, is_dir, at, lands) in [(x, x_dir, &from_path, to), (y, y_dir, &to_path, from)]
+            {
+                if is_dir && self.lower_has(&st, lands.0, lands.1) {
+                    w.upper.set_opaque(at).map_err(errno)?;
+                    if let Some(ds) = st.dirs.get_mut(&ino) {
+                        ds.lower = None;
+                    }
+                }
+            }
             w.upper
                 .rename(
                     &from_path,
@@ -1061,7 +1078,6 @@ impl UnionFs {
                     nix::fcntl::RenameFlags::RENAME_EXCHANGE,
                 )
                 .map_err(errno)?;
-            let y = y.expect("checked above");
             for (ino, a, b) in [(x, from, to), (y, to, from)] {
                 if let Some(node) = st.nodes.get_mut(&ino) {
                     node.rename_link(a, b);
