@@ -18,7 +18,9 @@
 //! invalidated on create, unlink and rename). What it cannot know of, a copy-up that
 //! gives other names of a hardlinked file new data, concerns the same inode, so the
 //! kernel's page cache of it stays right. Hence no notifier is needed for changes
-//! through the mount; see `mount` for how the upper may not be changed behind it.
+//! through the mount. As with kernel overlayfs, changing the upper or the layers
+//! behind a mounted union's back is not supported: what the kernel and this daemon
+//! cached of them would go stale.
 
 use std::ffi::OsStr;
 use std::fs::File;

@@ -34,11 +34,19 @@
 //! before that leaves litter in work/ and nothing at the destination. Work and upper
 //! must be one filesystem for that rename; [`Upper::open`] checks it.
 //!
-//! Not here yet: metadata-only copy-up of a large file (kernel overlayfs's metacopy;
-//! a chmod of a lower file copies its data for now), origin and redirect records,
-//! hardlink groups, and the in-memory upper state the FUSE side will keep.
+//! - **Origin**: a copied-up regular file or directory carries
+//!   `user.overlay.strata.origin` = its lower path, so it keeps its inode number on
+//!   the next mount. Symlinks, fifos, sockets and devices take no `user.*` xattrs:
+//!   their origins are listed on their directory (`user.overlay.strata.symlink-origins`).
+//!   Both names are under `user.overlay.`, which kernel overlayfs keeps to itself.
 //!
-//! Symlinks cannot carry `user.*` xattrs on Linux, so a symlink's owner is not kept.
+//! A metadata-only change (chmod, chown, utimens, xattr) copies the data too: kernel
+//! overlayfs's metacopy files are refused with `userxattr`, so an upper that used them
+//! could not be read by kernel overlayfs in a user namespace. The copy is a reflink
+//! where the filesystem has them (btrfs, xfs), so it costs nothing there.
+//!
+//! Symlinks cannot carry `user.*` xattrs on Linux, so a symlink's owner is kept only
+//! where the daemon may chown it.
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
