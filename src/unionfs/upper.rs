@@ -537,6 +537,16 @@ impl Upper {
         let tmp = temp_name();
         nix::unistd::symlinkat(target, &self.work, tmp.as_str())
             .map_err(sys("symlink in work/ for", path))?;
+        if !is_own(meta.uid, meta.gid) {
+            // Where the daemon may; a symlink has nowhere to record an override.
+            let _ = nix::unistd::fchownat(
+                &self.work,
+                tmp.as_str(),
+                Some(nix::unistd::Uid::from_raw(meta.uid)),
+                Some(nix::unistd::Gid::from_raw(meta.gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            );
+        }
         let (atime, mtime) = meta.times();
         let result = nix::sys::stat::utimensat(
             &self.work,
