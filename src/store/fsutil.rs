@@ -96,6 +96,19 @@ pub fn open_beneath(root: BorrowedFd<'_>, path: &[u8], flags: OFlag) -> nix::Res
     nix::fcntl::openat2(root, target, how)
 }
 
+/// The names in the directory `dir` (without "." and ".."), read through a
+/// duplicate of its descriptor.
+pub fn dir_names(dir: &OwnedFd) -> nix::Result<Vec<Vec<u8>>> {
+    let dup = dir.try_clone().map_err(|_| nix::errno::Errno::EMFILE)?;
+    let mut listing = nix::dir::Dir::from_fd(dup)?;
+    Ok(listing
+        .iter()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_bytes().to_vec())
+        .filter(|n| n != b"." && n != b"..")
+        .collect())
+}
+
 /// Makes a directory's entries (renames, creations) durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)

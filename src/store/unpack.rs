@@ -445,13 +445,7 @@ pub fn remove_tree_at<Fd: AsFd>(dir: &Fd, name: &[u8]) -> Result<(), Errno> {
     let fd = nix::fcntl::openat(dir, name, flags, Mode::empty())?;
     // Our own trees are 0755 at least, but an upper or a foreign tree may not be.
     let _ = nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o700));
-    let mut listing = nix::dir::Dir::from_fd(fd.try_clone().map_err(|_| Errno::EMFILE)?)?;
-    let names: Vec<Vec<u8>> = listing
-        .iter()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_bytes().to_vec())
-        .filter(|n| n != b"." && n != b"..")
-        .collect();
+    let names = crate::store::fsutil::dir_names(&fd)?;
     for child in names {
         remove_tree_at(&fd, &child)?;
     }

@@ -24,7 +24,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -492,6 +492,30 @@ impl UnionFs {
                 .position(dir)
                 .map_or(ROOT, |p| self.lower.parent_inode(p)),
         }
+    }
+
+    /// Hands `add` the entries of a directory after the cookie `offset` (".", ".."
+    /// and the listing), until it says the reply is full.
+    fn with_entries_after(
+        &self,
+        dir: u64,
+        offset: u64,
+        mut add: impl FnMut(Option<&State>, u64, u64, &[u8]) -> bool,
+    ) -> Res<()> {
+        self.ready_dir(dir)?;
+        let st = self.read_state();
+        let st = st.as_deref();
+        let listing = self.listing(st, dir)?;
+        let dots = [
+            (1u64, dir, b".".to_vec()),
+            (2, self.parent_of(st, dir), b"..".to_vec()),
+        ];
+        for (next, child, name) in dots.into_iter().chain(listing).filter(|e| e.0 > offset) {
+            if add(st, next, child, &name) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Makes sure the directory can be listed: scans it if it is in the upper.
@@ -1840,26 +1864,14 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        if let Err(e) = self.ready_dir(ino.0) {
-            return reply.error(e);
-        }
-        let st = self.read_state();
-        let st = st.as_deref();
-        let listing = match self.listing(st, ino.0) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
-        let dots = [
-            (1u64, ino.0, b".".to_vec()),
-            (2, self.parent_of(st, ino.0), b"..".to_vec()),
-        ];
-        for (next, child, name) in dots.into_iter().chain(listing).filter(|e| e.0 > offset) {
+        let result = self.with_entries_after(ino.0, offset, |st, next, child, name| {
             let kind = self.kind(st, child).unwrap_or(FileType::RegularFile);
-            if reply.add(INodeNo(child), next, kind, OsStr::from_bytes(&name)) {
-                break;
-            }
+            reply.add(INodeNo(child), next, kind, OsStr::from_bytes(name))
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -1870,35 +1882,23 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        if let Err(e) = self.ready_dir(ino.0) {
-            return reply.error(e);
-        }
-        let st = self.read_state();
-        let st = st.as_deref();
-        let listing = match self.listing(st, ino.0) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
-        let dots = [
-            (1u64, ino.0, b".".to_vec()),
-            (2, self.parent_of(st, ino.0), b"..".to_vec()),
-        ];
-        for (next, child, name) in dots.into_iter().chain(listing).filter(|e| e.0 > offset) {
+        let result = self.with_entries_after(ino.0, offset, |st, next, child, name| {
             let Ok(attr) = self.attr(st, child) else {
-                continue;
+                return false;
             };
-            if reply.add(
+            reply.add(
                 attr.ino,
                 next,
-                OsStr::from_bytes(&name),
+                OsStr::from_bytes(name),
                 &self.ttl,
                 &attr,
                 GENERATION,
-            ) {
-                break;
-            }
+            )
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn fsyncdir(
@@ -2068,22 +2068,15 @@ impl Filesystem for UnionFs {
             .copy_up(ino_out.0, false)
             .and_then(|()| Ok((self.data_file(ino_in.0)?, self.upper_file(ino_out.0)?)))
             .and_then(|(src, dst)| {
-                let mut off_in = offset_in as i64;
-                let mut off_out = offset_out as i64;
                 let want = usize::try_from(len).unwrap_or(usize::MAX).min(1 << 30);
-                // SAFETY: both descriptors are open for the call; the offsets are ours
-                // and the kernel only reads and updates them.
-                let n = unsafe {
-                    libc::copy_file_range(
-                        src.as_raw_fd(),
-                        &mut off_in,
-                        dst.as_raw_fd(),
-                        &mut off_out,
-                        want,
-                        0,
-                    )
-                };
-                nix::errno::Errno::result(n).map_err(nix_errno)
+                super::upper::copy_file_range_once(
+                    src.as_fd(),
+                    offset_in as i64,
+                    dst.as_fd(),
+                    offset_out as i64,
+                    want,
+                )
+                .map_err(nix_errno)
             });
         match result {
             Ok(n) => reply.written(n as u32),

@@ -690,17 +690,7 @@ impl Upper {
         let dir = self.open_dir(path)?;
         let mut opaque = self.is_opaque(path)?;
         let symlink_origins = self.symlink_origins(path)?;
-        let mut listing = nix::dir::Dir::from_fd(
-            dir.try_clone()
-                .map_err(|_| sys("dup", path)(Errno::EMFILE))?,
-        )
-        .map_err(sys("read", path))?;
-        let names: Vec<Vec<u8>> = listing
-            .iter()
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_bytes().to_vec())
-            .filter(|n| n != b"." && n != b"..")
-            .collect();
+        let names = crate::store::fsutil::dir_names(&dir).map_err(sys("read", path))?;
         let mut entries = Vec::with_capacity(names.len());
         for name in names {
             if name == OPAQUE_WH_FILE {
@@ -1456,6 +1446,31 @@ fn copy_data(src: BorrowedFd, dst: BorrowedFd, path: &[u8]) -> Result<(), UpperE
     nix::unistd::ftruncate(dst, size).map_err(sys("truncate", path))
 }
 
+/// One copy_file_range(2) of up to `len` bytes from `src` at `off_in` to `dst` at
+/// `off_out`: how many it copied.
+pub fn copy_file_range_once(
+    src: BorrowedFd,
+    off_in: i64,
+    dst: BorrowedFd,
+    off_out: i64,
+    len: usize,
+) -> Result<usize, Errno> {
+    let (mut off_in, mut off_out) = (off_in, off_out);
+    // SAFETY: the offsets are valid i64s we own for the call; the kernel reads and
+    // updates them and touches no other memory of ours.
+    let n = unsafe {
+        libc::copy_file_range(
+            src.as_raw_fd(),
+            &mut off_in,
+            dst.as_raw_fd(),
+            &mut off_out,
+            len,
+            0,
+        )
+    };
+    Errno::result(n).map(|n| n as usize)
+}
+
 /// Copies `len` bytes at `offset` of `src` to the same offset of `dst`.
 fn copy_range(
     src: BorrowedFd,
@@ -1466,24 +1481,11 @@ fn copy_range(
 ) -> Result<(), UpperError> {
     let mut done = 0i64;
     while done < len {
-        let mut off_in = offset + done;
-        let mut off_out = off_in;
         let want = usize::try_from(len - done)
             .unwrap_or(usize::MAX)
             .min(COPY_CHUNK);
-        // SAFETY: the offsets are valid i64s we own for the call; the kernel reads and
-        // updates them and touches no other memory of ours.
-        let n = unsafe {
-            libc::copy_file_range(
-                src.as_raw_fd(),
-                &mut off_in,
-                dst.as_raw_fd(),
-                &mut off_out,
-                want,
-                0,
-            )
-        };
-        let n = match Errno::result(n) {
+        let n = copy_file_range_once(src, offset + done, dst, offset + done, want);
+        let n = match n {
             Ok(0) => {
                 return Err(UpperError::SourceChanged(
                     String::from_utf8_lossy(path).into_owned(),
