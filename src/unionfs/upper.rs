@@ -93,6 +93,11 @@ pub enum UpperError {
     )]
     CrossDevice { upper: PathBuf, work: PathBuf },
 
+    #[error(
+        "the upper {upper} (work directory {work}) is in use by another mount: unmount that one first, or give this mount another upper"
+    )]
+    InUse { upper: PathBuf, work: PathBuf },
+
     #[error("{op} '{path}' in the upper: {errno}")]
     Sys {
         op: &'static str,
@@ -273,6 +278,10 @@ fn temp_name() -> String {
 pub struct Upper {
     upper: OwnedFd,
     work: OwnedFd,
+    /// An exclusive flock on work/ for as long as the upper is in use: two daemons
+    /// writing one upper would each trust a picture of it the other changes (kernel
+    /// overlayfs refuses that too, with EBUSY).
+    _in_use: nix::fcntl::Flock<File>,
 }
 
 fn open_dir_path(path: &Path) -> Result<OwnedFd, UpperError> {
@@ -303,9 +312,32 @@ impl Upper {
                 work: work.to_path_buf(),
             });
         }
+        let dup = work_fd.try_clone().map_err(|_| UpperError::Open {
+            path: work.to_path_buf(),
+            source: Errno::EMFILE,
+        })?;
+        let in_use = match nix::fcntl::Flock::lock(
+            File::from(dup),
+            nix::fcntl::FlockArg::LockExclusiveNonblock,
+        ) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(UpperError::InUse {
+                    upper: upper.to_path_buf(),
+                    work: work.to_path_buf(),
+                });
+            }
+            Err((_, source)) => {
+                return Err(UpperError::Open {
+                    path: work.to_path_buf(),
+                    source,
+                });
+            }
+        };
         Ok(Upper {
             upper: upper_fd,
             work: work_fd,
+            _in_use: in_use,
         })
     }
 
@@ -1663,6 +1695,18 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn one_upper_serves_one_mount_at_a_time() {
+        let (dir, first) = setup();
+        let (upper, work) = (dir.path().join("upper"), dir.path().join("work"));
+        match Upper::open(&upper, &work) {
+            Err(UpperError::InUse { .. }) => {}
+            other => panic!("a second open of a held upper: {:?}", other.err()),
+        }
+        drop(first);
+        Upper::open(&upper, &work).expect("the upper is free again once the first is closed");
     }
 
     #[test]
