@@ -244,6 +244,7 @@ impl UnionFs {
                     origin,
                     opaque,
                     over,
+                    ..
                 } => {
                     let (ino, lower) = self.identify(&ds, &name, &stat, origin.as_deref(), opaque);
                     let ino = ino.unwrap_or_else(|| st.upper_born_ino(stat.st_ino, false));

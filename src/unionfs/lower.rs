@@ -167,10 +167,11 @@ impl Lower {
         let meta = entry.meta();
         let kind = file_type(entry.kind());
         let mtime = to_system_time(meta.mtime_sec, meta.mtime_nsec);
-        let size = if kind == FileType::Directory {
-            u64::from(BLOCK_SIZE)
-        } else {
-            meta.size
+        let size = match kind {
+            FileType::Directory => u64::from(BLOCK_SIZE),
+            // A symlink's size is its target's length (tar headers say 0).
+            FileType::Symlink => entry.symlink_target().len() as u64,
+            _ => meta.size,
         };
         FileAttr {
             ino: INodeNo(self.inode[pos]),

@@ -3,11 +3,13 @@
 //! the filesystem keeps in memory of it; `fs` answers the kernel; `mount` puts it on
 //! a directory.
 
+pub mod dirlayer;
 pub mod fs;
 pub mod idmap;
 pub mod lower;
 pub mod merge;
 pub mod mount;
+pub mod options;
 pub mod upper;
 pub mod view;
 
@@ -56,6 +58,12 @@ pub enum UnionError {
         source: upper::UpperError,
     },
 
+    #[error("cannot serve the mount in the background: {0}")]
+    Daemon(#[source] io::Error),
+
+    #[error(transparent)]
+    LowerDir(#[from] dirlayer::DirLayerError),
+
     #[error("the filesystem stopped serving: {0}")]
     Serve(#[source] io::Error),
 
@@ -67,7 +75,7 @@ impl UnionError {
     pub fn is_user_error(&self) -> bool {
         match self {
             UnionError::Store(e) => e.is_user_error(),
-            UnionError::Layer { .. } | UnionError::Serve(_) => false,
+            UnionError::Layer { .. } | UnionError::Serve(_) | UnionError::Daemon(_) => false,
             _ => true,
         }
     }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use fuser::{Config, MountOption, Session, SessionACL};
 use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::stat::Mode;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -120,6 +121,35 @@ pub fn image_fs(
     Ok(fs.holding(held))
 }
 
+/// The union of plain lower directories (`lowers` top first, as fuse-overlayfs and
+/// kernel overlayfs take them), read-only, or writable with `upper` over them.
+pub fn dirs_fs(lowers: &[PathBuf], upper: Option<&UpperDirs>) -> Result<UnionFs, UnionError> {
+    let volatile = upper.is_some_and(|u| u.volatile);
+    let upper = upper.map(UpperDirs::open).transpose()?;
+    let mut trees = Vec::with_capacity(lowers.len());
+    let mut layers = Vec::with_capacity(lowers.len());
+    for dir in lowers.iter().rev() {
+        let fd = super::dirlayer::open_lower(dir)?;
+        let for_index = fd.try_clone().map_err(|e| UnionError::Layer {
+            path: dir.clone(),
+            source: e,
+        })?;
+        layers.push(super::dirlayer::index_dir(for_index, dir)?);
+        trees.push(fd);
+    }
+    let view = View::from_layers(&layers)?;
+    let fs = UnionFs::new(
+        view,
+        trees,
+        IdMap::of_current("uid_map"),
+        IdMap::of_current("gid_map"),
+    );
+    Ok(match upper {
+        Some(upper) => fs.with_upper(upper, volatile),
+        None => fs,
+    })
+}
+
 /// A mounted filesystem, answering the kernel once `serve` runs.
 pub struct Mounted {
     session: Session<UnionFs>,
@@ -218,6 +248,59 @@ impl Mounted {
     /// Serves requests until the filesystem is unmounted.
     pub fn serve(self) -> Result<(), UnionError> {
         self.session.run().map_err(UnionError::Serve)
+    }
+
+    /// Serves until unmounted, or until SIGINT, SIGTERM or SIGHUP unmounts it;
+    /// unless `foreground`, first leaves the mount to a child in a session of its own
+    /// and returns to the caller (the mount already answers: INIT is done).
+    pub fn serve_until_stopped(self, foreground: bool) -> Result<(), UnionError> {
+        if !foreground {
+            detach().map_err(UnionError::Daemon)?;
+        }
+        // The signals are blocked before the serving threads exist, so they all
+        // inherit the mask and only the waiting thread sees them.
+        let mut set = SigSet::empty();
+        for s in STOP_SIGNALS {
+            set.add(s);
+        }
+        set.thread_block()
+            .map_err(|e| UnionError::Daemon(e.into()))?;
+        let mountpoint = self.mountpoint.clone();
+        std::thread::Builder::new()
+            .name("strata-signals".into())
+            .spawn(move || {
+                if set.wait().is_ok() {
+                    let _ = unmount(&mountpoint);
+                }
+            })
+            .map_err(UnionError::Daemon)?;
+        self.serve()
+    }
+}
+
+const STOP_SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+/// Leaves the mount to a child in its own session, with its standard streams on
+/// /dev/null; the parent exits at once.
+fn detach() -> std::io::Result<()> {
+    // SAFETY: no thread has been started yet (the serving threads start later, in
+    // the child), so the child is a full copy of a single-threaded process.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            // Exit without running destructors: the mount belongs to the child now.
+            std::process::exit(0)
+        }
+        nix::unistd::ForkResult::Child => {
+            nix::unistd::setsid()?;
+            let null = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?;
+            nix::unistd::dup2_stdin(&null)?;
+            nix::unistd::dup2_stdout(&null)?;
+            nix::unistd::dup2_stderr(&null)?;
+            Ok(())
+        }
     }
 }
 

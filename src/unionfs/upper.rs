@@ -436,18 +436,7 @@ impl Upper {
 
     /// Whether the directory `path` carries any of the opaque marks.
     pub fn is_opaque(&self, path: &[u8]) -> Result<bool, UpperError> {
-        let dir = self.open_dir(path)?;
-        for name in OPAQUE_XATTRS_READ {
-            match fget_xattr(dir.as_fd(), name.as_bytes()) {
-                Ok(Some(v)) if v == b"y" => return Ok(true),
-                Ok(_) => {}
-                // Reading trusted.* unprivileged gives nothing, not an error, but some
-                // filesystems say EPERM or ENOTSUP: then that name is simply absent.
-                Err(Errno::EPERM) | Err(Errno::ENOTSUP) => {}
-                Err(e) => return Err(sys("getxattr", path)(e)),
-            }
-        }
-        Ok(false)
+        dir_is_opaque(&self.open_dir(path)?, path)
     }
 
     /// Records the owner and mode of `path` in `user.containers.override_stat`.
@@ -625,6 +614,9 @@ pub fn is_private_xattr(name: &[u8]) -> bool {
 }
 
 /// One name of an upper directory, with what the union needs to know of it.
+// Whiteouts are few beside nodes in any directory, so boxing the node's stat would
+// cost an allocation per entry to save little.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum UpperEntry {
     /// A whiteout (char 0/0 or `.wh.NAME`) hiding the lower `name`.
@@ -637,14 +629,13 @@ pub enum UpperEntry {
         /// For a directory: marked opaque.
         opaque: bool,
         over: Option<OverrideStat>,
+        /// Its user-visible xattrs, when they were asked for.
+        xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     },
 }
 
 /// A name in a directory and the lower path it was copied up from.
 pub type NamedOrigin = (Vec<u8>, Vec<u8>);
-
-/// An upper node's origin, opaque mark and override.
-type PrivateMarks = (Option<Vec<u8>>, bool, Option<OverrideStat>);
 
 /// What a new upper node is.
 pub enum NewNode<'a> {
@@ -719,67 +710,12 @@ fn own_fd(fd: BorrowedFd, uid: u32, gid: u32, mode: u32, path: &[u8]) -> Result<
 impl Upper {
     /// The entries of the upper directory `path`, and whether it is opaque.
     pub fn read_dir(&self, path: &[u8]) -> Result<(Vec<UpperEntry>, bool), UpperError> {
-        let dir = self.open_dir(path)?;
-        let mut opaque = self.is_opaque(path)?;
-        let symlink_origins = self.symlink_origins(path)?;
-        let names = crate::store::fsutil::dir_names(&dir).map_err(sys("read", path))?;
-        let mut entries = Vec::with_capacity(names.len());
-        for name in names {
-            if name == OPAQUE_WH_FILE {
-                opaque = true;
-                continue;
-            }
-            if let Some(hidden) = whiteout_file_target(&name) {
-                entries.push(UpperEntry::Whiteout {
-                    name: hidden.to_vec(),
-                });
-                continue;
-            }
-            let stat = match nix::sys::stat::fstatat(
-                &dir,
-                name.as_slice(),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            ) {
-                Ok(st) => st,
-                Err(Errno::ENOENT) => continue,
-                Err(e) => return Err(sys("stat", &name)(e)),
-            };
-            if is_whiteout(&stat) {
-                entries.push(UpperEntry::Whiteout { name });
-                continue;
-            }
-            let (mut origin, opaque_child, over) = self.private_marks(&dir, &name, &stat)?;
-            if origin.is_none() && takes_no_xattrs(&stat) {
-                origin = symlink_origins
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, o)| o.clone());
-            }
-            entries.push(UpperEntry::Node {
-                name,
-                stat,
-                origin,
-                opaque: opaque_child,
-                over,
-            });
-        }
-        Ok((entries, opaque))
+        read_overlay_dir(&self.open_dir(path)?, path, false)
     }
 
     /// The origins recorded for the symlinks of the directory `path`.
     pub fn symlink_origins(&self, path: &[u8]) -> Result<Vec<NamedOrigin>, UpperError> {
-        let dir = self.open_dir(path)?;
-        let raw = match fget_xattr(dir.as_fd(), SYMLINK_ORIGINS_XATTR.as_bytes()) {
-            Ok(v) => v.unwrap_or_default(),
-            Err(Errno::ENOTSUP) => Vec::new(),
-            Err(e) => return Err(sys("getxattr", path)(e)),
-        };
-        let fields: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
-        Ok(fields
-            .chunks_exact(2)
-            .filter(|pair| !pair[0].is_empty())
-            .map(|pair| (pair[0].to_vec(), pair[1].to_vec()))
-            .collect())
+        dir_symlink_origins(&self.open_dir(path)?, path)
     }
 
     /// Records (or with None, forgets) the origin of the symlink `name` in the
@@ -815,57 +751,6 @@ impl Upper {
         }
         fset_xattr(dir.as_fd(), SYMLINK_ORIGINS_XATTR.as_bytes(), &value)
             .map_err(sys("setxattr", path))
-    }
-
-    /// The origin, opaque mark and override of `name` in `dir`: one listxattr, then
-    /// only the values that are there.
-    fn private_marks(
-        &self,
-        dir: &OwnedFd,
-        name: &[u8],
-        stat: &FileStat,
-    ) -> Result<PrivateMarks, UpperError> {
-        let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
-        if kind == SFlag::S_IFLNK {
-            return Ok((None, false, None));
-        }
-        let node = nix::fcntl::openat(
-            dir,
-            name,
-            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(sys("open", name))?;
-        let names = path_list_xattrs(&node).map_err(sys("listxattr", name))?;
-        let has = |n: &str| names.iter().any(|x| x == n.as_bytes());
-        let origin = if has(ORIGIN_XATTR) {
-            path_get_xattr(&node, ORIGIN_XATTR.as_bytes()).map_err(sys("getxattr", name))?
-        } else {
-            None
-        };
-        let mut opaque = false;
-        if kind == SFlag::S_IFDIR {
-            for x in OPAQUE_XATTRS_READ {
-                if has(x)
-                    && path_get_xattr(&node, x.as_bytes())
-                        .ok()
-                        .flatten()
-                        .as_deref()
-                        == Some(b"y")
-                {
-                    opaque = true;
-                }
-            }
-        }
-        let over = if has(OVERRIDE_XATTR) {
-            match path_get_xattr(&node, OVERRIDE_XATTR.as_bytes()) {
-                Ok(Some(v)) if v.len() <= OVERRIDE_MAX => OverrideStat::decode(&v).ok(),
-                _ => None,
-            }
-        } else {
-            None
-        };
-        Ok((origin, opaque, over))
     }
 
     /// Creates `path`. Where a whiteout holds the name (`over_whiteout`) the node is
@@ -1359,6 +1244,150 @@ fn make_node(
             Ok((None, mode))
         }
     }
+}
+
+/// Whether the directory `dir` carries any of the opaque marks.
+fn dir_is_opaque(dir: &OwnedFd, path: &[u8]) -> Result<bool, UpperError> {
+    for name in OPAQUE_XATTRS_READ {
+        match fget_xattr(dir.as_fd(), name.as_bytes()) {
+            Ok(Some(v)) if v == b"y" => return Ok(true),
+            Ok(_) => {}
+            // Reading trusted.* unprivileged gives nothing, not an error, but some
+            // filesystems say EPERM or ENOTSUP: then that name is simply absent.
+            Err(Errno::EPERM) | Err(Errno::ENOTSUP) => {}
+            Err(e) => return Err(sys("getxattr", path)(e)),
+        }
+    }
+    Ok(false)
+}
+
+/// The origins recorded on `dir` for its symlinks, fifos, sockets and devices.
+fn dir_symlink_origins(dir: &OwnedFd, path: &[u8]) -> Result<Vec<NamedOrigin>, UpperError> {
+    let raw = match fget_xattr(dir.as_fd(), SYMLINK_ORIGINS_XATTR.as_bytes()) {
+        Ok(v) => v.unwrap_or_default(),
+        Err(Errno::ENOTSUP) => Vec::new(),
+        Err(e) => return Err(sys("getxattr", path)(e)),
+    };
+    let fields: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+    Ok(fields
+        .chunks_exact(2)
+        .filter(|pair| !pair[0].is_empty())
+        .map(|pair| (pair[0].to_vec(), pair[1].to_vec()))
+        .collect())
+}
+
+/// The entries of a directory in overlay format (an upper, or a lower directory of
+/// strata-overlayfs), and whether it is opaque: whiteouts as char 0/0 devices or
+/// `.wh.NAME` files, `.wh..wh..opq`, the opaque xattrs, origins and overrides. With
+/// `with_xattrs`, each node's user-visible xattrs too.
+pub fn read_overlay_dir(
+    dir: &OwnedFd,
+    path: &[u8],
+    with_xattrs: bool,
+) -> Result<(Vec<UpperEntry>, bool), UpperError> {
+    let mut opaque = dir_is_opaque(dir, path)?;
+    let symlink_origins = dir_symlink_origins(dir, path)?;
+    let names = crate::store::fsutil::dir_names(dir).map_err(sys("read", path))?;
+    let mut entries = Vec::with_capacity(names.len());
+    for name in names {
+        if name == OPAQUE_WH_FILE {
+            opaque = true;
+            continue;
+        }
+        if let Some(hidden) = whiteout_file_target(&name) {
+            entries.push(UpperEntry::Whiteout {
+                name: hidden.to_vec(),
+            });
+            continue;
+        }
+        let stat = match nix::sys::stat::fstatat(dir, name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
+        {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(sys("stat", &name)(e)),
+        };
+        if is_whiteout(&stat) {
+            entries.push(UpperEntry::Whiteout { name });
+            continue;
+        }
+        let marks = private_marks(dir, &name, &stat, with_xattrs)?;
+        let mut origin = marks.origin;
+        if origin.is_none() && takes_no_xattrs(&stat) {
+            origin = symlink_origins
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, o)| o.clone());
+        }
+        entries.push(UpperEntry::Node {
+            name,
+            stat,
+            origin,
+            opaque: marks.opaque,
+            over: marks.over,
+            xattrs: marks.xattrs,
+        });
+    }
+    Ok((entries, opaque))
+}
+
+/// What an overlay-format node's xattrs say.
+#[derive(Default)]
+struct Marks {
+    origin: Option<Vec<u8>>,
+    opaque: bool,
+    over: Option<OverrideStat>,
+    /// The user-visible ones, when asked for.
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The marks of `name` in `dir`: one listxattr, then only the values that are there.
+fn private_marks(
+    dir: &OwnedFd,
+    name: &[u8],
+    stat: &FileStat,
+    with_xattrs: bool,
+) -> Result<Marks, UpperError> {
+    let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
+    if kind == SFlag::S_IFLNK {
+        return Ok(Marks::default());
+    }
+    let node = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys("open", name))?;
+    let names = path_list_xattrs(&node).map_err(sys("listxattr", name))?;
+    let get = |x: &[u8]| path_get_xattr(&node, x).map_err(sys("getxattr", name));
+    let has = |n: &str| names.iter().any(|x| x == n.as_bytes());
+    let mut marks = Marks::default();
+    if has(ORIGIN_XATTR) {
+        marks.origin = get(ORIGIN_XATTR.as_bytes())?;
+    }
+    if kind == SFlag::S_IFDIR {
+        marks.opaque = OPAQUE_XATTRS_READ
+            .iter()
+            .any(|x| has(x) && get(x.as_bytes()).ok().flatten().as_deref() == Some(b"y"));
+    }
+    if has(OVERRIDE_XATTR) {
+        marks.over = match get(OVERRIDE_XATTR.as_bytes()) {
+            Ok(Some(v)) if v.len() <= OVERRIDE_MAX => OverrideStat::decode(&v).ok(),
+            _ => None,
+        };
+    }
+    if with_xattrs {
+        for x in names.iter().filter(|x| !is_private_xattr(x)) {
+            match path_get_xattr(&node, x) {
+                Ok(Some(v)) => marks.xattrs.push((x.clone(), v)),
+                // Gone meanwhile, or not readable unprivileged (trusted.*, security.*
+                // on some filesystems): not part of what the union shows.
+                Ok(None) | Err(Errno::EPERM) | Err(Errno::EACCES) | Err(Errno::ENOTSUP) => {}
+                Err(e) => return Err(sys("getxattr", name)(e)),
+            }
+        }
+    }
+    Ok(marks)
 }
 
 fn path_list_xattrs(fd: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {

@@ -1,0 +1,198 @@
+//! The `-o` options of fuse-overlayfs (and kernel overlayfs), as strata-overlayfs
+//! takes them: what matters is honoured, what does not matter to strata is accepted
+//! and ignored as fuse-overlayfs ignores it, and anything else is refused by name.
+
+use std::path::PathBuf;
+
+/// A parsed option list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverlayOptions {
+    /// Top layer first, as given.
+    pub lowerdirs: Vec<PathBuf>,
+    pub upperdir: Option<PathBuf>,
+    pub workdir: Option<PathBuf>,
+    /// `fsync=0` or `volatile`: copy-ups are not fsynced.
+    pub volatile: bool,
+    /// `ro`: read-only even with an upper.
+    pub read_only: bool,
+    /// What was accepted and ignored, for `-d`.
+    pub ignored: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    #[error("no lowerdir= option: say which directories to join, e.g. -o lowerdir=/top:/bottom")]
+    NoLowerdir,
+    #[error("upperdir= needs workdir= too (an empty directory on the upper's filesystem)")]
+    NoWorkdir,
+    #[error("unknown option '{0}'")]
+    Unknown(String),
+    #[error(
+        "option '{0}' is not supported by strata-overlayfs yet; mount without it, or use fuse-overlayfs"
+    )]
+    Unsupported(String),
+    #[error("bad value in option '{0}'")]
+    BadValue(String),
+}
+
+/// fuse-overlayfs options with no effect on strata: they tune fuse-overlayfs's own
+/// threads, caches and inode numbers, which strata does its own way.
+const IGNORED_VALUED: &[&str] = &[
+    "timeout",
+    "threaded",
+    "fast_ino",
+    "writeback",
+    "plugins",
+    "redirect_dir",
+    "context",
+    "fscontext",
+    "defcontext",
+    "rootcontext",
+    "max_read",
+    "fsname",
+    "subtype",
+    "index",
+    "metacopy",
+    "xino",
+    "uuid",
+];
+/// Generic mount options and fuse-overlayfs flags with no effect here.
+const IGNORED_FLAGS: &[&str] = &[
+    "rw",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "relatime",
+    "strictatime",
+    "diratime",
+    "nodiratime",
+    "lazytime",
+    "nolazytime",
+    "sync",
+    "async",
+    "dirsync",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "nofail",
+    "default_permissions",
+    "allow_other",
+    "allow_root",
+    "auto_unmount",
+    "kernel_cache",
+    "auto_cache",
+    "debug",
+    "noacl",
+    "userxattr",
+];
+/// fuse-overlayfs options that change what the mount shows; not done yet.
+const UNSUPPORTED: &[&str] = &[
+    "squash_to_root",
+    "squash_to_uid",
+    "squash_to_gid",
+    "uidmapping",
+    "gidmapping",
+    "static_nlink",
+    "xattr_permissions",
+    "noxattrs",
+];
+
+/// Parses option lists (each comma-separated, as given to `-o`).
+pub fn parse(lists: &[String]) -> Result<OverlayOptions, OptionError> {
+    let mut out = OverlayOptions::default();
+    for option in lists
+        .iter()
+        .flat_map(|l| l.split(','))
+        .filter(|o| !o.is_empty())
+    {
+        let (key, value) = match option.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (option, None),
+        };
+        match (key, value) {
+            ("lowerdir", Some(v)) => {
+                out.lowerdirs = v
+                    .split(':')
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from)
+                    .collect();
+                if out.lowerdirs.is_empty() {
+                    return Err(OptionError::BadValue(option.into()));
+                }
+            }
+            ("upperdir", Some(v)) if !v.is_empty() => out.upperdir = Some(PathBuf::from(v)),
+            ("workdir", Some(v)) if !v.is_empty() => out.workdir = Some(PathBuf::from(v)),
+            ("fsync", Some("0")) => out.volatile = true,
+            ("fsync", Some("1")) => out.volatile = false,
+            ("volatile", None) => out.volatile = true,
+            ("ro", None) => out.read_only = true,
+            (k, _) if UNSUPPORTED.contains(&k) => {
+                return Err(OptionError::Unsupported(option.into()));
+            }
+            (k, Some(_)) if IGNORED_VALUED.contains(&k) => out.ignored.push(option.into()),
+            (k, None) if IGNORED_FLAGS.contains(&k) => out.ignored.push(option.into()),
+            ("lowerdir" | "upperdir" | "workdir" | "fsync", _) => {
+                return Err(OptionError::BadValue(option.into()));
+            }
+            _ => return Err(OptionError::Unknown(option.into())),
+        }
+    }
+    if out.lowerdirs.is_empty() {
+        return Err(OptionError::NoLowerdir);
+    }
+    if out.upperdir.is_some() && out.workdir.is_none() {
+        return Err(OptionError::NoWorkdir);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<OverlayOptions, OptionError> {
+        parse(&[s.to_string()])
+    }
+
+    #[test]
+    fn takes_what_fuse_overlayfs_takes() {
+        let o = p("lowerdir=/a:/b,upperdir=/u,workdir=/w,fsync=0,threaded=1,rw,nodev").unwrap();
+        assert_eq!(o.lowerdirs, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(o.upperdir, Some(PathBuf::from("/u")));
+        assert_eq!(o.workdir, Some(PathBuf::from("/w")));
+        assert!(o.volatile);
+        assert_eq!(o.ignored, vec!["threaded=1", "rw", "nodev"]);
+        let two = parse(&["rw".into(), "lowerdir=/l".into()]).unwrap();
+        assert_eq!(two.lowerdirs, vec![PathBuf::from("/l")]);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_honour_by_name() {
+        assert_eq!(p("upperdir=/u"), Err(OptionError::NoLowerdir));
+        assert_eq!(p("lowerdir=/l,upperdir=/u"), Err(OptionError::NoWorkdir));
+        assert_eq!(
+            p("lowerdir=/l,frobnicate"),
+            Err(OptionError::Unknown("frobnicate".into()))
+        );
+        assert_eq!(
+            p("lowerdir=/l,squash_to_root"),
+            Err(OptionError::Unsupported("squash_to_root".into()))
+        );
+        assert_eq!(
+            p("lowerdir=/l,fsync=2"),
+            Err(OptionError::BadValue("fsync=2".into()))
+        );
+        assert_eq!(
+            p("lowerdir="),
+            Err(OptionError::BadValue("lowerdir=".into()))
+        );
+    }
+}
