@@ -88,6 +88,20 @@ pub struct UnionFs {
     ttl: Duration,
     /// Shared locks that keep the layers from being collected while served.
     _held: Vec<FileLock>,
+    shown: Presentation,
+}
+
+/// How the union presents what it holds (fuse-overlayfs's options of the same names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Presentation {
+    /// Every owner shown as this uid (squash_to_root, squash_to_uid).
+    pub squash_uid: Option<u32>,
+    /// Every group shown as this gid (squash_to_root, squash_to_gid).
+    pub squash_gid: Option<u32>,
+    /// Directories say nlink 1 (as "unknown"), not 2 + subdirectories.
+    pub static_nlink: bool,
+    /// No extended attributes at all: ENOTSUP.
+    pub no_xattrs: bool,
 }
 
 /// What a name resolves to, or that its directory must be scanned first.
@@ -107,7 +121,27 @@ impl UnionFs {
             zero_message_opendir: false,
             ttl: LOWER_TTL,
             _held: Vec::new(),
+            shown: Presentation::default(),
         }
+    }
+
+    /// Presents owners, link counts and xattrs as `shown` says.
+    pub fn with_presentation(mut self, shown: Presentation) -> UnionFs {
+        self.shown = shown;
+        self
+    }
+
+    fn present(&self, mut attr: FileAttr) -> FileAttr {
+        if let Some(uid) = self.shown.squash_uid {
+            attr.uid = uid;
+        }
+        if let Some(gid) = self.shown.squash_gid {
+            attr.gid = gid;
+        }
+        if self.shown.static_nlink && attr.kind == FileType::Directory {
+            attr.nlink = 1;
+        }
+        attr
     }
 
     /// Makes the union writable, with `upper` over the lower view. Copy-ups are
@@ -341,6 +375,11 @@ impl UnionFs {
 
     /// What stat says of a node.
     fn attr(&self, st: Option<&State>, ino: u64) -> Res<FileAttr> {
+        self.stored_attr(st, ino).map(|a| self.present(a))
+    }
+
+    /// What the layers and the upper say of a node, before `present`.
+    fn stored_attr(&self, st: Option<&State>, ino: u64) -> Res<FileAttr> {
         let node = st.and_then(|s| s.nodes.get(&ino));
         match node {
             Some(node) if node.in_upper || node.file.is_some() => {
@@ -911,7 +950,7 @@ impl UnionFs {
                 kind: None,
             });
         }
-        let attr = self.upper_attr(ino, &stat, new.over.as_ref());
+        let attr = self.present(self.upper_attr(ino, &stat, new.over.as_ref()));
         st.nodes.insert(ino, new);
         if kind == FileType::Directory {
             st.dirs.insert(ino, DirState::default());
@@ -1263,7 +1302,7 @@ impl UnionFs {
             // Unlinked and open: only its size could change, through its descriptor.
             return self.attr(Some(&st), ino);
         };
-        let current = self.attr(Some(&st), ino)?;
+        let current = self.stored_attr(Some(&st), ino)?;
         if let Some(mode) = mode {
             let over = st.nodes.get(&ino).and_then(|n| n.over);
             match over {
@@ -1955,6 +1994,9 @@ impl Filesystem for UnionFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if self.shown.no_xattrs {
+            return reply.error(Errno::ENOTSUP);
+        }
         if is_private_xattr(name.as_bytes()) {
             return reply.error(Errno::EPERM);
         }
@@ -1967,6 +2009,9 @@ impl Filesystem for UnionFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.shown.no_xattrs {
+            return reply.error(Errno::ENOTSUP);
+        }
         match self.xattr_value(ino.0, name.as_bytes()) {
             Ok(Some(value)) => reply_sized(reply, size, &value),
             Ok(None) => reply.error(Errno::ENODATA),
@@ -1975,6 +2020,9 @@ impl Filesystem for UnionFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.shown.no_xattrs {
+            return reply.error(Errno::ENOTSUP);
+        }
         match self.xattr_names(ino.0) {
             Ok(names) => {
                 let mut out = Vec::new();
@@ -1989,6 +2037,9 @@ impl Filesystem for UnionFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.shown.no_xattrs {
+            return reply.error(Errno::ENOTSUP);
+        }
         if is_private_xattr(name.as_bytes()) {
             return reply.error(Errno::EPERM);
         }

@@ -15,6 +15,8 @@ pub struct OverlayOptions {
     pub volatile: bool,
     /// `ro`: read-only even with an upper.
     pub read_only: bool,
+    /// squash_to_root, squash_to_uid, squash_to_gid, static_nlink, noxattrs.
+    pub shown: crate::unionfs::fs::Presentation,
     /// What was accepted and ignored, for `-d`.
     pub ignored: Vec<String>,
 }
@@ -94,16 +96,7 @@ const IGNORED_FLAGS: &[&str] = &[
     "userxattr",
 ];
 /// fuse-overlayfs options that change what the mount shows; not done yet.
-const UNSUPPORTED: &[&str] = &[
-    "squash_to_root",
-    "squash_to_uid",
-    "squash_to_gid",
-    "uidmapping",
-    "gidmapping",
-    "static_nlink",
-    "xattr_permissions",
-    "noxattrs",
-];
+const UNSUPPORTED: &[&str] = &["uidmapping", "gidmapping", "xattr_permissions"];
 
 /// Parses option lists (each comma-separated, as given to `-o`).
 pub fn parse(lists: &[String]) -> Result<OverlayOptions, OptionError> {
@@ -134,12 +127,24 @@ pub fn parse(lists: &[String]) -> Result<OverlayOptions, OptionError> {
             ("fsync", Some("1")) => out.volatile = false,
             ("volatile", None) => out.volatile = true,
             ("ro", None) => out.read_only = true,
+            ("squash_to_root", None) => {
+                out.shown.squash_uid = Some(0);
+                out.shown.squash_gid = Some(0);
+            }
+            ("squash_to_uid", Some(v)) => out.shown.squash_uid = Some(id(option, v)?),
+            ("squash_to_gid", Some(v)) => out.shown.squash_gid = Some(id(option, v)?),
+            ("static_nlink", None) => out.shown.static_nlink = true,
+            ("noxattrs", Some(v)) => out.shown.no_xattrs = id(option, v)? != 0,
             (k, _) if UNSUPPORTED.contains(&k) => {
                 return Err(OptionError::Unsupported(option.into()));
             }
             (k, Some(_)) if IGNORED_VALUED.contains(&k) => out.ignored.push(option.into()),
             (k, None) if IGNORED_FLAGS.contains(&k) => out.ignored.push(option.into()),
-            ("lowerdir" | "upperdir" | "workdir" | "fsync", _) => {
+            (
+                "lowerdir" | "upperdir" | "workdir" | "fsync" | "squash_to_uid" | "squash_to_gid"
+                | "noxattrs",
+                _,
+            ) => {
                 return Err(OptionError::BadValue(option.into()));
             }
             _ => return Err(OptionError::Unknown(option.into())),
@@ -152,6 +157,12 @@ pub fn parse(lists: &[String]) -> Result<OverlayOptions, OptionError> {
         return Err(OptionError::NoWorkdir);
     }
     Ok(out)
+}
+
+fn id(option: &str, value: &str) -> Result<u32, OptionError> {
+    value
+        .parse()
+        .map_err(|_| OptionError::BadValue(option.into()))
 }
 
 #[cfg(test)]
@@ -170,6 +181,12 @@ mod tests {
         assert_eq!(o.workdir, Some(PathBuf::from("/w")));
         assert!(o.volatile);
         assert_eq!(o.ignored, vec!["threaded=1", "rw", "nodev"]);
+        let squashed = p("lowerdir=/l,squash_to_root,static_nlink,noxattrs=1").unwrap();
+        assert_eq!(
+            (squashed.shown.squash_uid, squashed.shown.squash_gid),
+            (Some(0), Some(0))
+        );
+        assert!(squashed.shown.static_nlink && squashed.shown.no_xattrs);
         let two = parse(&["rw".into(), "lowerdir=/l".into()]).unwrap();
         assert_eq!(two.lowerdirs, vec![PathBuf::from("/l")]);
     }
@@ -183,8 +200,12 @@ mod tests {
             Err(OptionError::Unknown("frobnicate".into()))
         );
         assert_eq!(
-            p("lowerdir=/l,squash_to_root"),
-            Err(OptionError::Unsupported("squash_to_root".into()))
+            p("lowerdir=/l,uidmapping=0:1000:1"),
+            Err(OptionError::Unsupported("uidmapping=0:1000:1".into()))
+        );
+        assert_eq!(
+            p("lowerdir=/l,squash_to_uid=x"),
+            Err(OptionError::BadValue("squash_to_uid=x".into()))
         );
         assert_eq!(
             p("lowerdir=/l,fsync=2"),
