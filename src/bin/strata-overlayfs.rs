@@ -20,7 +20,8 @@ use strata::unionfs::options;
 struct Args {
     /// Options: lowerdir=TOP:...:BOTTOM (required), upperdir=DIR and workdir=DIR
     /// (writable), fsync=0 or volatile, ro, squash_to_root, squash_to_uid=N,
-    /// squash_to_gid=N, static_nlink, noxattrs=1; fuse-overlayfs's tuning options
+    /// squash_to_gid=N, static_nlink, noxattrs=1,
+    /// uidmapping=SHOWN:STORED:COUNT[:...], gidmapping=...; fuse-overlayfs's tuning options
     /// and the generic mount options are accepted and ignored
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
@@ -62,7 +63,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         )),
         _ => None,
     };
-    let fs = dirs_fs(&opts.lowerdirs, upper.as_ref())?.with_presentation(opts.shown);
+    let fs = dirs_fs(&opts.lowerdirs, upper.as_ref())?.with_presentation(opts.shown.clone());
     let mounted = mount(fs, &mountpoint)?;
     Ok(mounted.serve_until_stopped(args.foreground || args.debug)?)
 }

@@ -92,8 +92,13 @@ pub struct UnionFs {
 }
 
 /// How the union presents what it holds (fuse-overlayfs's options of the same names).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Presentation {
+    /// uidmapping / gidmapping: (shown id, stored id, count) ranges. An owner stored
+    /// as `stored + k` shows as `shown + k`; owners given through the mount are
+    /// stored the other way round. Empty: ids are shown as stored.
+    pub uid_map: Vec<(u32, u32, u32)>,
+    pub gid_map: Vec<(u32, u32, u32)>,
     /// Every owner shown as this uid (squash_to_root, squash_to_uid).
     pub squash_uid: Option<u32>,
     /// Every group shown as this gid (squash_to_root, squash_to_gid).
@@ -131,7 +136,17 @@ impl UnionFs {
         self
     }
 
+    /// The owner to store for one given through the mount (a caller's, or chown's).
+    fn stored_owner(&self, uid: u32, gid: u32) -> (u32, u32) {
+        (
+            map_id(&self.shown.uid_map, uid, Direction::Store),
+            map_id(&self.shown.gid_map, gid, Direction::Store),
+        )
+    }
+
     fn present(&self, mut attr: FileAttr) -> FileAttr {
+        attr.uid = map_id(&self.shown.uid_map, attr.uid, Direction::Show);
+        attr.gid = map_id(&self.shown.gid_map, attr.gid, Direction::Show);
         if let Some(uid) = self.shown.squash_uid {
             attr.uid = uid;
         }
@@ -924,7 +939,7 @@ impl UnionFs {
             .is_some_and(|d| d.entries.get(name) == Some(&Slot::Whiteout));
         let path = self.child_path(&st, parent, name)?;
         // The caller owns it (upper::create gives it a setgid parent's group).
-        let owner = (req.uid(), req.gid());
+        let owner = self.stored_owner(req.uid(), req.gid());
         let kind = match node {
             NewNode::File { .. } => FileType::RegularFile,
             NewNode::Dir { .. } => FileType::Directory,
@@ -1322,15 +1337,13 @@ impl UnionFs {
             let over = st.nodes.get(&ino).and_then(|n| n.over);
             let perm = mode.map_or(u32::from(current.perm), |m| m & 0o7777);
             let (cur_uid, cur_gid) = over.map_or((current.uid, current.gid), |o| (o.uid, o.gid));
+            let (new_uid, new_gid) =
+                self.stored_owner(uid.unwrap_or(cur_uid), gid.unwrap_or(cur_gid));
+            let new_uid = if uid.is_some() { new_uid } else { cur_uid };
+            let new_gid = if gid.is_some() { new_gid } else { cur_gid };
             let new = w
                 .upper
-                .chown(
-                    &path,
-                    uid.unwrap_or(cur_uid),
-                    gid.unwrap_or(cur_gid),
-                    perm,
-                    kind == FileType::Symlink,
-                )
+                .chown(&path, new_uid, new_gid, perm, kind == FileType::Symlink)
                 .map_err(errno)?;
             if let Some(node) = st.nodes.get_mut(&ino) {
                 node.over = new;
@@ -1436,6 +1449,32 @@ impl UnionFs {
         }
     }
 }
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Show,
+    Store,
+}
+
+/// An id through (shown, stored, count) ranges; one no range covers goes to the
+/// overflow id, as the kernel shows an unmapped one. No ranges: unchanged.
+fn map_id(ranges: &[(u32, u32, u32)], id: u32, way: Direction) -> u32 {
+    if ranges.is_empty() {
+        return id;
+    }
+    for &(shown, stored, count) in ranges {
+        let (from, to) = match way {
+            Direction::Show => (stored, shown),
+            Direction::Store => (shown, stored),
+        };
+        if id >= from && id - from < count {
+            return to + (id - from);
+        }
+    }
+    OVERFLOW_ID
+}
+
+const OVERFLOW_ID: u32 = 65534;
 
 fn check_name(name: &[u8]) -> Res<()> {
     if name.len() > NAME_MAX {
@@ -2134,5 +2173,21 @@ impl Filesystem for UnionFs {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_ranges_map_both_ways_and_others_overflow() {
+        let ranges = [(0, 1000, 1), (1, 100_000, 65_536)];
+        assert_eq!(map_id(&ranges, 1000, Direction::Show), 0);
+        assert_eq!(map_id(&ranges, 100_032, Direction::Show), 33);
+        assert_eq!(map_id(&ranges, 33, Direction::Store), 100_032);
+        assert_eq!(map_id(&ranges, 0, Direction::Store), 1000);
+        assert_eq!(map_id(&ranges, 5, Direction::Show), OVERFLOW_ID);
+        assert_eq!(map_id(&[], 5, Direction::Show), 5);
     }
 }

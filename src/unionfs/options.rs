@@ -96,7 +96,7 @@ const IGNORED_FLAGS: &[&str] = &[
     "userxattr",
 ];
 /// fuse-overlayfs options that change what the mount shows; not done yet.
-const UNSUPPORTED: &[&str] = &["uidmapping", "gidmapping", "xattr_permissions"];
+const UNSUPPORTED: &[&str] = &["xattr_permissions"];
 
 /// Parses option lists (each comma-separated, as given to `-o`).
 pub fn parse(lists: &[String]) -> Result<OverlayOptions, OptionError> {
@@ -134,6 +134,8 @@ pub fn parse(lists: &[String]) -> Result<OverlayOptions, OptionError> {
             ("squash_to_uid", Some(v)) => out.shown.squash_uid = Some(id(option, v)?),
             ("squash_to_gid", Some(v)) => out.shown.squash_gid = Some(id(option, v)?),
             ("static_nlink", None) => out.shown.static_nlink = true,
+            ("uidmapping", Some(v)) => out.shown.uid_map = id_ranges(option, v)?,
+            ("gidmapping", Some(v)) => out.shown.gid_map = id_ranges(option, v)?,
             ("noxattrs", Some(v)) => out.shown.no_xattrs = id(option, v)? != 0,
             (k, _) if UNSUPPORTED.contains(&k) => {
                 return Err(OptionError::Unsupported(option.into()));
@@ -157,6 +159,19 @@ pub fn parse(lists: &[String]) -> Result<OverlayOptions, OptionError> {
         return Err(OptionError::NoWorkdir);
     }
     Ok(out)
+}
+
+/// `SHOWN:STORED:COUNT[:SHOWN:STORED:COUNT...]`, as fuse-overlayfs takes it (the
+/// container's id, the host's id, how many).
+fn id_ranges(option: &str, value: &str) -> Result<Vec<(u32, u32, u32)>, OptionError> {
+    let numbers = value
+        .split(':')
+        .map(|n| id(option, n))
+        .collect::<Result<Vec<u32>, _>>()?;
+    if numbers.is_empty() || numbers.len() % 3 != 0 {
+        return Err(OptionError::BadValue(option.into()));
+    }
+    Ok(numbers.chunks(3).map(|c| (c[0], c[1], c[2])).collect())
 }
 
 fn id(option: &str, value: &str) -> Result<u32, OptionError> {
@@ -187,6 +202,8 @@ mod tests {
             (Some(0), Some(0))
         );
         assert!(squashed.shown.static_nlink && squashed.shown.no_xattrs);
+        let mapped = p("lowerdir=/l,uidmapping=0:1000:1:1:100000:65536").unwrap();
+        assert_eq!(mapped.shown.uid_map, vec![(0, 1000, 1), (1, 100000, 65536)]);
         let two = parse(&["rw".into(), "lowerdir=/l".into()]).unwrap();
         assert_eq!(two.lowerdirs, vec![PathBuf::from("/l")]);
     }
@@ -200,8 +217,12 @@ mod tests {
             Err(OptionError::Unknown("frobnicate".into()))
         );
         assert_eq!(
-            p("lowerdir=/l,uidmapping=0:1000:1"),
-            Err(OptionError::Unsupported("uidmapping=0:1000:1".into()))
+            p("lowerdir=/l,xattr_permissions=1"),
+            Err(OptionError::Unsupported("xattr_permissions=1".into()))
+        );
+        assert_eq!(
+            p("lowerdir=/l,uidmapping=0:1000"),
+            Err(OptionError::BadValue("uidmapping=0:1000".into()))
         );
         assert_eq!(
             p("lowerdir=/l,squash_to_uid=x"),
