@@ -130,27 +130,41 @@ fn mkdir_world_readable(dir: &Path) {
 /// The strata binary, at a path the test user can execute.
 pub fn strata_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| user_copy(Path::new(env!("CARGO_BIN_EXE_strata")), "strata"))
+}
+
+/// The strata-overlayfs binary, at a path the test user can execute; None while the
+/// package has no such binary.
+pub fn overlayfs_bin() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
     BIN.get_or_init(|| {
-        let built = PathBuf::from(env!("CARGO_BIN_EXE_strata"));
-        if !is_root() {
-            return built;
-        }
-        let meta = fs::metadata(&built).expect("stat the strata binary");
-        let key = format!("{}-{}-{}", meta.size(), meta.mtime(), meta.mtime_nsec());
-        let base = Path::new("/tmp/strata-test-bin");
-        mkdir_world_readable(base);
-        let dir = base.join(key);
-        mkdir_world_readable(&dir);
-        let dest = dir.join("strata");
-        if !dest.exists() {
-            let tmp = dir.join(format!(".strata.{}", std::process::id()));
-            fs::copy(&built, &tmp).expect("copy the strata binary");
-            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
-            fs::rename(&tmp, &dest).expect("install the strata binary copy");
-            remove_stale_copies(base, &dir);
-        }
-        dest
+        option_env!("CARGO_BIN_EXE_strata-overlayfs")
+            .map(|built| user_copy(Path::new(built), "strata-overlayfs"))
     })
+    .as_deref()
+}
+
+/// `built` itself, or when the tests run as root, a copy of it named `name` in a
+/// world-readable directory under /tmp/NAME-test-bin, one per build.
+fn user_copy(built: &Path, name: &str) -> PathBuf {
+    if !is_root() {
+        return built.to_path_buf();
+    }
+    let meta = fs::metadata(built).unwrap_or_else(|e| panic!("stat {}: {e}", built.display()));
+    let key = format!("{}-{}-{}", meta.size(), meta.mtime(), meta.mtime_nsec());
+    let base = PathBuf::from(format!("/tmp/{name}-test-bin"));
+    mkdir_world_readable(&base);
+    let dir = base.join(key);
+    mkdir_world_readable(&dir);
+    let dest = dir.join(name);
+    if !dest.exists() {
+        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+        fs::copy(built, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::rename(&tmp, &dest).unwrap_or_else(|e| panic!("install {}: {e}", dest.display()));
+        remove_stale_copies(&base, &dir);
+    }
+    dest
 }
 
 /// Copies of older builds, untouched for an hour, are no one's any more.
