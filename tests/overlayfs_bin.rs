@@ -981,6 +981,61 @@ umount "$W/m"
     assert_eq!(fs::read_to_string(env.path("xy.txt")).unwrap(), "x\ny\n");
 }
 
+#[test]
+fn presentation_options_change_what_shows() {
+    let (env, lowers) = setup("ovlbin-shown");
+    run(
+        &env,
+        &lowers,
+        r#"
+show() { stat -c '%u:%g %h' "$W/m/etc/hostname" "$W/m/usr/bin"; }
+omount "$W/m" "$LOWERS"
+show > "$W/plain.txt"
+umount "$W/m"; wait_gone "$W/m"
+# Stored owner 0 is in no range: the overflow id, as the kernel shows unmapped ids.
+omount "$W/m" "$LOWERS" "uidmapping=1:5:1,gidmapping=1:5:1,static_nlink"
+show > "$W/mapped.txt"
+umount "$W/m"; wait_gone "$W/m"
+omount "$W/m" "$LOWERS" "uidmapping=1:5:1,squash_to_root,noxattrs=1"
+show > "$W/squashed.txt"
+python3 -c '
+import os, sys
+try:
+    os.listxattr(sys.argv[1])
+    print("listed")
+except OSError as e:
+    print(os.strerror(e.errno))' "$W/m/etc/hostname" > "$W/noxattrs.txt"
+umount "$W/m"
+"#,
+    );
+    let read = |n: &str| fs::read_to_string(env.path(n)).unwrap();
+    let plain = read("plain.txt");
+    let usr_bin_nlink = plain.lines().nth(1).unwrap().split(' ').nth(1).unwrap();
+    assert_ne!(usr_bin_nlink, "1", "usr/bin has subdirectories? {plain}");
+    assert!(
+        plain.starts_with(
+            "0:0 1
+0:0 "
+        ),
+        "{plain}"
+    );
+    assert_eq!(
+        read("mapped.txt"),
+        "65534:65534 1
+65534:65534 1
+"
+    );
+    assert!(
+        read("squashed.txt").starts_with(
+            "0:0 1
+0:0 "
+        ),
+        "{}",
+        read("squashed.txt")
+    );
+    assert_eq!(read("noxattrs.txt").trim(), "Operation not supported");
+}
+
 /// Each attempt: its arguments (after the binary), its exit status, its stderr, and
 /// whether anything was mounted.
 const BAD_OPTIONS_SH: &str = r#"
