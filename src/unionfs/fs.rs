@@ -1391,15 +1391,7 @@ impl UnionFs {
             return self.w()?.upper.list_xattrs(&path).map_err(errno);
         }
         let pos = self.lower_pos_of(st.as_deref(), ino)?;
-        Ok(self
-            .lower
-            .view
-            .index
-            .entry(pos)
-            .xattrs()
-            .into_iter()
-            .map(|(n, _)| n.to_vec())
-            .collect())
+        Ok(self.lower.xattrs(pos).map(|(n, _)| n.to_vec()).collect())
     }
 
     fn xattr_value(&self, ino: u64, name: &[u8]) -> Res<Option<Vec<u8>>> {
@@ -1421,11 +1413,7 @@ impl UnionFs {
         let pos = self.lower_pos_of(st.as_deref(), ino)?;
         Ok(self
             .lower
-            .view
-            .index
-            .entry(pos)
-            .xattrs()
-            .into_iter()
+            .xattrs(pos)
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v.to_vec()))
     }

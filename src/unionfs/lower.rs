@@ -192,6 +192,11 @@ impl Lower {
         }
     }
 
+    /// The xattrs of the entry at `pos`: (name, value).
+    pub fn xattrs(&self, pos: usize) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.view.index.entry(pos).xattrs().into_iter()
+    }
+
     /// What a copy-up of `pos` gives its upper copy besides data.
     pub fn node_meta(&self, pos: usize) -> NodeMeta {
         let entry = self.view.index.entry(pos);
@@ -204,9 +209,8 @@ impl Lower {
             gid: meta.gid,
             mtime: (meta.mtime_sec, meta.mtime_nsec),
             atime: None,
-            xattrs: entry
-                .xattrs()
-                .into_iter()
+            xattrs: self
+                .xattrs(pos)
                 .map(|(n, v)| (n.to_vec(), v.to_vec()))
                 .collect(),
             fsync: false,
