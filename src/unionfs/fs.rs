@@ -1094,6 +1094,12 @@ impl UnionFs {
             return Err(Errno::EINVAL);
         }
         let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        // The files that must be copied up are copied before the state lock is
+        // taken, so that moving a big lower file holds up no lookup meanwhile.
+        self.copy_up_file_unlocked(from)?;
+        if exchange {
+            self.copy_up_file_unlocked(to)?;
+        }
         let w = self.w()?;
         let mut st = self.write_state(w);
         let x = self
@@ -1247,6 +1253,18 @@ impl UnionFs {
         Ok(())
     }
 
+    /// Copies up the regular file `dir`/`name` names, if it is one, outside the state
+    /// lock (the rename that follows finds it copied, or copies what changed since).
+    fn copy_up_file_unlocked(&self, (dir, name): (u64, &[u8])) -> Res<()> {
+        let Some(ino) = self.resolve(dir, name)? else {
+            return Ok(());
+        };
+        if self.kind(self.read_state().as_deref(), ino) == Some(FileType::RegularFile) {
+            self.copy_up(ino, false)?;
+        }
+        Ok(())
+    }
+
     /// Makes a node movable: a file copied up, a directory with all it holds.
     fn move_up(&self, st: &mut State, ino: u64, is_dir: bool) -> Res<()> {
         if is_dir {
@@ -1258,6 +1276,10 @@ impl UnionFs {
 
     fn link_op(&self, ino: u64, parent: u64, name: &[u8]) -> Res<FileAttr> {
         check_name(name)?;
+        if self.kind(self.read_state().as_deref(), ino) == Some(FileType::RegularFile) {
+            // As for rename: the data is copied before the state lock is taken.
+            self.copy_up(ino, false)?;
+        }
         let w = self.w()?;
         let mut st = self.write_state(w);
         if self.kind(Some(&st), ino) == Some(FileType::Directory) {

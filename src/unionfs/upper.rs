@@ -284,6 +284,37 @@ pub struct Upper {
     _in_use: nix::fcntl::Flock<File>,
 }
 
+/// How long a mount waits for the upper's previous mount to let go: the daemon of a
+/// mount just unmounted takes a moment to exit, and a remount at once is common.
+const IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes the exclusive lock on the work directory, waiting IN_USE_WAIT at most.
+fn lock_work(dir: File, upper: &Path, work: &Path) -> Result<nix::fcntl::Flock<File>, UpperError> {
+    let deadline = std::time::Instant::now() + IN_USE_WAIT;
+    let mut dir = dir;
+    loop {
+        match nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((back, Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                dir = back;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(UpperError::InUse {
+                    upper: upper.to_path_buf(),
+                    work: work.to_path_buf(),
+                });
+            }
+            Err((_, source)) => {
+                return Err(UpperError::Open {
+                    path: work.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 fn open_dir_path(path: &Path) -> Result<OwnedFd, UpperError> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     nix::fcntl::open(path, flags, Mode::empty()).map_err(|source| UpperError::Open {
@@ -316,24 +347,7 @@ impl Upper {
             path: work.to_path_buf(),
             source: Errno::EMFILE,
         })?;
-        let in_use = match nix::fcntl::Flock::lock(
-            File::from(dup),
-            nix::fcntl::FlockArg::LockExclusiveNonblock,
-        ) {
-            Ok(lock) => lock,
-            Err((_, Errno::EWOULDBLOCK)) => {
-                return Err(UpperError::InUse {
-                    upper: upper.to_path_buf(),
-                    work: work.to_path_buf(),
-                });
-            }
-            Err((_, source)) => {
-                return Err(UpperError::Open {
-                    path: work.to_path_buf(),
-                    source,
-                });
-            }
-        };
+        let in_use = lock_work(File::from(dup), upper, work)?;
         Ok(Upper {
             upper: upper_fd,
             work: work_fd,
