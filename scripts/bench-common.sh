@@ -59,16 +59,29 @@ bench_parse_args() {
     return 0
 }
 
-# As root: copy the strata binary to /tmp/strata-bench-bin, and re-execute a
-# copy of the script (with this file and the FILES given, from scripts/) as
-# strata-demo or $STRATA_BENCH_USER. The checkout may sit where that user cannot
-# read (/root is 0700). Returns at once when not root.
+# strata-overlayfs, the drop-in for fuse-overlayfs, is looked for beside the
+# strata binary (the same cargo build makes both): its path, or nothing.
+bench_sofs_path() {
+    local p
+    p=$(dirname "$strata")/strata-overlayfs
+    [ -x "$p" ] && echo "$p"
+    return 0
+}
+
+# As root: copy the strata binary (and strata-overlayfs beside it, when there)
+# to /tmp/strata-bench-bin, and re-execute a copy of the script (with this file
+# and the FILES given, from scripts/) as strata-demo or $STRATA_BENCH_USER. The
+# checkout may sit where that user cannot read (/root is 0700). Returns at once
+# when not root.
 bench_drop_root() {
     [ "$(id -u)" -eq 0 ] || return 0
-    local user=${STRATA_BENCH_USER:-strata-demo} bin=/tmp/strata-bench-bin a i skip=0 args=() f
+    local user=${STRATA_BENCH_USER:-strata-demo} bin=/tmp/strata-bench-bin a i skip=0 args=() f sofs
     id "$user" >/dev/null 2>&1 || die "running as root, and there is no user $user to run as (set STRATA_BENCH_USER)"
     install -d -m 755 "$bin"
     install -p -m 755 "$strata" "$bin/strata"
+    sofs=$(bench_sofs_path)
+    rm -f "$bin/strata-overlayfs"   # never a stale one from an earlier run
+    [ -z "$sofs" ] || install -p -m 755 "$sofs" "$bin/strata-overlayfs"
     note "running as root: re-executing as $user with $bin/strata"
     for a in "${orig_args[@]}"; do   # drop any --strata, and make paths absolute
         if [ $skip = 1 ]; then skip=0; continue; fi
@@ -83,6 +96,27 @@ bench_drop_root() {
     exec setpriv --reuid="$user" --regid="$user" --init-groups --reset-env \
         env BENCH_CHECKOUT="$(bench_checkout)" BENCH_STRATA_FROM="$(realpath "$strata")" \
         bash "$bin/scripts/$(basename "$self")" "${args[@]}" --strata "$bin/strata"
+}
+
+# Sets sofs to strata-overlayfs beside $strata and adds it to the array named
+# $1 (the candidates), or notes why it is skipped and adds
+# "--unavailable strata-overlayfs=WHY" to the array named $2 (report options).
+bench_add_sofs() {
+    local -n cands_ref=$1 unavail_ref=$2
+    local why
+    sofs=$(bench_sofs_path)
+    if [ -n "$sofs" ] && "$sofs" --version >/dev/null 2>&1; then
+        cands_ref+=(strata-overlayfs)
+        return 0
+    fi
+    if [ -n "$sofs" ]; then
+        why="\`$sofs --version\` fails"
+    else
+        why="no strata-overlayfs beside ${BENCH_STRATA_FROM:-$strata} (cargo build --release makes it, src/bin/strata-overlayfs.rs)"
+    fi
+    note "strata-overlayfs: skipped: $why"
+    unavail_ref+=(--unavailable "strata-overlayfs=$why")
+    sofs=
 }
 
 # Dies unless the TOOLS, /dev/fuse and unprivileged user namespaces are there.
@@ -214,16 +248,26 @@ bench_checkout() {
     echo "checkout $repo at $(git -c safe.directory="$repo" -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')"
 }
 
-# Versions of strata (and where it came from) and fuse-overlayfs.
+# Versions of strata (and where it came from), strata-overlayfs and fuse-overlayfs.
 bench_versions() {
-    local fov
+    local fov sov=
     fov=$(fuse-overlayfs --version 2>/dev/null | awk '/fuse-overlayfs/ {print $3; exit}' || true)
-    echo "strata $("$strata" --version | awk '{print $2}') ($strata${BENCH_STRATA_FROM:+, a copy of $BENCH_STRATA_FROM}, built $(date -u -r "$strata" '+%Y-%m-%d %H:%M UTC'); ${BENCH_CHECKOUT:-$(bench_checkout)}), fuse-overlayfs ${fov:-?}; run as $(id -un)"
+    [ -z "${sofs:-}" ] || sov=", strata-overlayfs $("$sofs" --version | awk '{print $2}') ($sofs)"
+    echo "strata $("$strata" --version | awk '{print $2}') ($strata${BENCH_STRATA_FROM:+, a copy of $BENCH_STRATA_FROM}, built $(date -u -r "$strata" '+%Y-%m-%d %H:%M UTC'); ${BENCH_CHECKOUT:-$(bench_checkout)})$sov, fuse-overlayfs ${fov:-?}; run as $(id -un)"
 }
 
 # --------------------------------------------------------------------------
 # Inside the namespace.
 # --------------------------------------------------------------------------
+
+# Mounts with fuse-overlayfs or strata-overlayfs (PROGRAM, its path): PROGRAM
+# -o OPTIONS M, its stderr shown only when it fails (Debian's fuse-overlayfs
+# 1.10 says "unknown argument ignored: lazytime" on every mount).
+bench_mount_overlayfs() {
+    local program=$1 opts=$2 m=$3 err
+    err=$work/$(basename "$program").err
+    "$program" -o "$opts" "$m" 2>"$err" || { cat "$err" >&2; return 1; }
+}
 
 # The process serving a FUSE mount: its last argument is the mount point.
 bench_daemon_pid() {

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Read side, side by side: strata's FUSE union beside fuse-overlayfs, kernel
-# overlayfs and a native flat copy, all over the same image layers, in one run.
+# Read side, side by side: strata's FUSE union (over the imported image, and as
+# strata-overlayfs over the overlay-format layer directories) beside
+# fuse-overlayfs, kernel overlayfs and a native flat copy, all over the same
+# image layers, in one run.
 #
 #   scripts/bench-lower.sh [--quick] [--runs N] [--raw FILE] [--strata BINARY] OUTDIR
 #
@@ -17,6 +19,7 @@
 #  2. inside one `unshare -Urm --pid`, so that every mount and every daemon dies
 #     with it, mounts over the same 20 layers:
 #       strata          strata mount test20 M
+#       strata-overlayfs  strata-overlayfs -o lowerdir=L19:...:L0 M   (read-only)
 #       fuse-overlayfs  fuse-overlayfs -o lowerdir=L19:...:L0 M   (read-only)
 #       kernel-overlay  mount -t overlay -o lowerdir=L19:...:L0,userxattr M
 #       native          a bind mount of `cp -a` of the kernel overlay's view
@@ -35,15 +38,17 @@
 #     mount, with the backing files (layer trees, overlay dirs) in the page cache
 #     and dentry cache; for native it is a fresh bind mount of warm files.
 #  4. prints a markdown table of medians (min-max) in seconds, with the ratios
-#     strata/kernel-overlay, strata/fuse-overlayfs, fuse-overlayfs/kernel-overlay,
-#     and the machine. --raw FILE keeps every timing (TSV).
+#     strata/kernel-overlay, strata/fuse-overlayfs, strata-overlayfs/kernel-overlay,
+#     strata-overlayfs/fuse-overlayfs, fuse-overlayfs/kernel-overlay, and the
+#     machine. --raw FILE keeps every timing (TSV).
 #
 # --quick builds the small synthetic image (make-test-image.py --small) in a
 # temporary directory instead of using OUTDIR, and runs 3 times: for CI, under a
 # minute. Its timings are printed, never asserted.
 #
 # The strata binary is target/release/strata of this checkout (cargo build
-# --release), or --strata BINARY, or $STRATA.
+# --release), or --strata BINARY, or $STRATA; strata-overlayfs is the one beside
+# it (when it is missing, that candidate is skipped, with a note).
 set -Eeuo pipefail
 
 self=$(realpath "$0")
@@ -51,7 +56,6 @@ prog=bench-lower
 # shellcheck source=scripts/bench-common.sh
 . "$(dirname "$self")/bench-common.sh"
 
-CANDIDATES=(strata fuse-overlayfs kernel-overlay native)
 
 # --------------------------------------------------------------------------
 # The inner part: runs as root of a new user, mount and pid namespace.
@@ -59,7 +63,8 @@ CANDIDATES=(strata fuse-overlayfs kernel-overlay native)
 inner() {
     # Globals, not locals: the EXIT trap runs after this function returns.
     work=$BL_WORK strata=$BL_STRATA image=$BL_IMAGE runs=$BL_RUNS
-    layers=$BL_LAYERS lowers=$BL_LOWERS times=$BL_WORK/times.tsv
+    layers=$BL_LAYERS lowers=$BL_LOWERS sofs=$BL_SOFS times=$BL_WORK/times.tsv
+    read -r -a CANDIDATES <<<"$BL_CANDIDATES"
     cd "$work"
 
     # Unmount in order on the way out; the pid namespace ends the daemons anyway
@@ -77,9 +82,8 @@ inner() {
         local c=$1 m=$work/mnt/$1
         case $c in
             strata) "$strata" --root "$work/store" mount "$image" "$m" ;;
-            # Debian's 1.10 says "unknown argument ignored: lazytime" on every mount.
-            fuse-overlayfs) fuse-overlayfs -o "lowerdir=$lowers" "$m" 2>"$work/fuse-overlayfs.err" ||
-                { cat "$work/fuse-overlayfs.err" >&2; return 1; } ;;
+            strata-overlayfs) bench_mount_overlayfs "$sofs" "lowerdir=$lowers" "$m" ;;
+            fuse-overlayfs) bench_mount_overlayfs fuse-overlayfs "lowerdir=$lowers" "$m" ;;
             kernel-overlay) mount -t overlay overlay -o "lowerdir=$lowers,userxattr" "$m" ;;
             native) mount --bind "$work/flat" "$m" ;;
         esac
@@ -102,7 +106,7 @@ inner() {
         mount_c "$c" || { echo "$prog: error: mounting $c failed" >&2; exit 1; }
         t1=$EPOCHREALTIME
         mountpoint -q "$work/mnt/$c" || { echo "$prog: error: $c is not mounted" >&2; exit 1; }
-        case $c in strata|fuse-overlayfs) DPID[$c]=$(bench_daemon_pid "$work/mnt/$c" || true) ;; esac
+        case $c in kernel-overlay|native) ;; *) DPID[$c]=$(bench_daemon_pid "$work/mnt/$c" || true) ;; esac
         [ -z "${2:-}" ] || printf '%s\t%s\t%s\t%s\t%s\n' "$2" "$c" "$3" "$t0" "$t1" >>"$times"
     }
     walk() { find "$work/mnt/$1" -xdev -printf '%i %s\n' >/dev/null; }
@@ -119,16 +123,18 @@ inner() {
     # the same bytes.
     bench_check_readable "${BL_LAYER_DIRS[@]}"
 
-    mkdir -p "$work/mnt"/{strata,fuse-overlayfs,kernel-overlay,native} "$work/flat"
     local c
-    for c in strata fuse-overlayfs kernel-overlay; do timed_mount "$c"; done
+    for c in "${CANDIDATES[@]}"; do mkdir -p "$work/mnt/$c"; done
+    mkdir -p "$work/flat"
+    for c in "${CANDIDATES[@]}"; do [ "$c" = native ] || timed_mount "$c"; done
     note "making the native flat copy (cp -a of the kernel overlay's view)"
     cp -a "$work/mnt/kernel-overlay/." "$work/flat/"
     timed_mount native
 
     note "comparing the trees with kernel overlayfs's ($layers layers)"
     for c in "${CANDIDATES[@]}"; do bench_listing "$work/mnt/$c" "$work/cmp-$c"; done
-    for c in strata fuse-overlayfs native; do
+    for c in "${CANDIDATES[@]}"; do
+        [ "$c" != kernel-overlay ] || continue
         python3 "$BL_REPORT" compare "$c" "$work/cmp-$c" kernel-overlay "$work/cmp-kernel-overlay" \
             | tee -a "$work/differences.txt" >&2
     done
@@ -160,7 +166,7 @@ inner() {
     done
     echo >&2
     # The daemons' memory after all that, for the record.
-    for c in strata fuse-overlayfs; do
+    for c in "${CANDIDATES[@]}"; do
         [ -n "${DPID[$c]:-}" ] && [ -r "/proc/${DPID[$c]}/status" ] &&
             printf '%s\t%s\n' "$c" "$(awk '/^VmHWM/ {print $2 " " $3}' "/proc/${DPID[$c]}/status")" \
                 >>"$work/rss.tsv"
@@ -184,6 +190,10 @@ bench_check_host unshare fuse-overlayfs mount umount mountpoint find tar md5sum 
 "$strata" mount --help >/dev/null 2>&1 || die "$strata has no 'mount' command: rebuild it (cargo build --release)"
 report=$here/bench_lower_report.py
 [ -r "$report" ] || die "missing $report"
+CANDIDATES=(strata)
+unavailable=()
+bench_add_sofs CANDIDATES unavailable
+CANDIDATES+=(fuse-overlayfs kernel-overlay native)
 
 # The work directory: on the filesystem of OUTDIR, so that the store, the flat
 # copy and the overlay layers share one filesystem.
@@ -192,7 +202,7 @@ bench_setup_image 20
 bench_import
 
 export BL_WORK=$work BL_STRATA=$strata BL_IMAGE=$image BL_RUNS=$runs BL_LAYERS=$nlayers \
-    BL_LOWERS=$lowers BL_REPORT=$report BENCH_OUTDIR=$outdir BENCH_USER=$(id -un)
+    BL_LOWERS=$lowers BL_REPORT=$report BL_SOFS=$sofs BL_CANDIDATES="${CANDIDATES[*]}" BENCH_OUTDIR=$outdir BENCH_USER=$(id -un)
 bench_run_inner
 
 entries=$(wc -l <"$work/cmp-kernel-overlay.tree")
@@ -207,5 +217,6 @@ python3 "$report" table "$work/times.tsv" \
     --meta "image=$outdir: $nlayers layers, $entries entries, $((bytes / 1000000)) MB$([ $quick = 1 ] && echo ' (--quick: small synthetic image)')" \
     --meta "versions=$(bench_versions)" \
     --meta "import=strata import of oci-$nlayers: $import_secs s (once, not part of the table)" \
+    "${unavailable[@]}" \
     ${work:+--rss "$work/rss.tsv"} \
     --differences "$work/differences.txt"

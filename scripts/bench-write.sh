@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Write side, side by side: strata's FUSE union beside fuse-overlayfs and kernel
-# overlayfs, each mounted read-write over the same image layers, in one run.
+# Write side, side by side: strata's FUSE union (over the imported image, and as
+# strata-overlayfs over the overlay-format layer directories) beside
+# fuse-overlayfs and kernel overlayfs, each mounted read-write over the same image
+# layers, in one run.
 #
 #   scripts/bench-write.sh [--quick] [--runs N] [--files N] [--creates N] [--dirs N]
-#                          [--fsync none|syncfs|own] [--uppers DIR] [--raw FILE]
-#                          [--strata BINARY] OUTDIR
+#                          [--fsync none|syncfs|own] [--uppers DIR] [--layers N]
+#                          [--raw FILE] [--strata BINARY] OUTDIR
 #
-# OUTDIR is an output of scripts/make-test-image.py (its oci-5/ and overlay-5/).
+# OUTDIR is an output of scripts/make-test-image.py (its oci-5/ and overlay-5/, or
+# with --layers N its oci-N/ and overlay-N/: 5 by default, 20 for the 20-layer one).
 # Run it as an unprivileged user; as root it copies the strata binary to
 # /tmp/strata-bench-bin and re-executes itself as the user strata-demo (or
 # $STRATA_BENCH_USER). Run it as the user who built OUTDIR: the files to append
@@ -15,10 +18,10 @@
 # owners on the host).
 #
 # What it does:
-#  1. imports OUTDIR/oci-5 into a fresh store, in a temporary directory on the
-#     filesystem of OUTDIR; the uppers go there too, or under --uppers DIR;
+#  1. imports OUTDIR/oci-5 (oci-N) into a fresh store, in a temporary directory
+#     on the filesystem of OUTDIR; the uppers go there too, or under --uppers DIR;
 #  2. inside one `unshare -Urm --pid`, so that every mount and every daemon dies
-#     with it, picks in the lower view (kernel overlayfs over the 5 layers, no
+#     with it, picks in the lower view (kernel overlayfs over the layers, no
 #     upper) --files regular files with one link to append to, and as many
 #     others to delete, at random with a fixed seed;
 #  3. after one untimed warm-up run of each candidate (checked like the
@@ -26,6 +29,7 @@
 #     for each run (--runs, default 10) and each candidate, alternated in a
 #     rotating order, mounts over a fresh empty upper U (work dir U.work):
 #       strata          strata --root STORE mount --upper U test5 M
+#       strata-overlayfs  strata-overlayfs -o lowerdir=L4:...:L0,upperdir=U,workdir=U.work M
 #       fuse-overlayfs  fuse-overlayfs -o lowerdir=L4:...:L0,upperdir=U,workdir=U.work M
 #       kernel-overlay  mount -t overlay overlay -o lowerdir=L4:...:L0,upperdir=U,
 #                       workdir=U.work,userxattr M
@@ -42,7 +46,8 @@
 #     warning only). After the first run it compares each candidate's tree
 #     with kernel overlayfs's (warnings only);
 #  4. prints a markdown table: per step, median (min-max) seconds of each
-#     candidate, the ratios strata/kernel-overlay, strata/fuse-overlayfs and
+#     candidate, the ratios strata/kernel-overlay, strata/fuse-overlayfs,
+#     strata-overlayfs/kernel-overlay, strata-overlayfs/fuse-overlayfs and
 #     fuse-overlayfs/kernel-overlay, and the machine and the filesystem of the
 #     uppers. --raw FILE keeps every timing (TSV).
 #
@@ -50,7 +55,8 @@
 # and the script sync, the same for all:
 #   none    (default) no candidate fsyncs on its own: kernel overlayfs and strata
 #           are mounted with `volatile` (without it, each fsyncs every file it
-#           copies up), fuse-overlayfs with fsync=0 (1.10 never fsyncs a copy-up). After each
+#           copies up), fuse-overlayfs and strata-overlayfs with fsync=0 (1.10
+#           never fsyncs a copy-up; strata-overlayfs takes it as volatile). After each
 #           step, outside its time, `sync -f M; sync -f U` writes back the
 #           mount and the uppers' filesystem, so no step pays for another's
 #           write-back.
@@ -58,8 +64,8 @@
 #           time to get the step onto the disk (noisy on a shared machine: it
 #           writes back whatever else is dirty on that filesystem).
 #   own     each candidate's own policy: no volatile, no fsync=0 (so kernel
-#           overlayfs and strata fsync each copied-up file); the syncs as with
-#           none.
+#           overlayfs, strata and strata-overlayfs fsync each copied-up file);
+#           the syncs as with none.
 #
 # The uppers are never removed during a run (at the end only): on ext4 without
 # a journal, as here, mass creates are several times slower for a minute or so
@@ -75,7 +81,8 @@
 # Its timings are printed, never asserted; its checks fail as in a full run.
 #
 # The strata binary is target/release/strata of this checkout (cargo build
-# --release), or --strata BINARY, or $STRATA.
+# --release), or --strata BINARY, or $STRATA; strata-overlayfs is the one beside
+# it (when it is missing, that candidate is skipped, with a note).
 set -Eeuo pipefail
 
 self=$(realpath "$0")
@@ -83,7 +90,6 @@ prog=bench-write
 # shellcheck source=scripts/bench-common.sh
 . "$(dirname "$self")/bench-common.sh"
 
-ALL_CANDIDATES=(strata fuse-overlayfs kernel-overlay)
 PAYLOAD_SIZE=100
 
 # --------------------------------------------------------------------------
@@ -92,7 +98,7 @@ PAYLOAD_SIZE=100
 inner() {
     # Globals, not locals: the EXIT trap runs after this function returns.
     work=$BW_WORK strata=$BW_STRATA image=$BW_IMAGE runs=$BW_RUNS lowers=$BW_LOWERS
-    uppers=$BW_UPPERS fsync=$BW_FSYNC nfiles=$BW_FILES ncreates=$BW_CREATES ndirs=$BW_DIRS
+    uppers=$BW_UPPERS fsync=$BW_FSYNC sofs=$BW_SOFS nfiles=$BW_FILES ncreates=$BW_CREATES ndirs=$BW_DIRS
     times=$work/times.tsv report=$here/bench_write_report.py sel=$work/sel
     read -r -a cands <<<"$BW_CANDIDATES"
     cd "$work"
@@ -114,10 +120,11 @@ inner() {
         local c=$1 m=$work/mnt/$1 u=$2
         case $c in
             strata) "$strata" --root "$work/store" mount "${so_opts[@]}" --upper "$u" "$image" "$m" ;;
-            # Debian's 1.10 says "unknown argument ignored: lazytime" on every mount.
-            fuse-overlayfs)
-                fuse-overlayfs -o "lowerdir=$lowers,upperdir=$u,workdir=$u.work$fo_opts" "$m" \
-                    2>"$work/fuse-overlayfs.err" || { cat "$work/fuse-overlayfs.err" >&2; return 1; } ;;
+            # The same options for both, fsync=0 with --fsync none or syncfs.
+            strata-overlayfs|fuse-overlayfs)
+                local program=fuse-overlayfs
+                [ "$c" = fuse-overlayfs ] || program=$sofs
+                bench_mount_overlayfs "$program" "lowerdir=$lowers,upperdir=$u,workdir=$u.work$fo_opts" "$m" ;;
             kernel-overlay)
                 mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$u,workdir=$u.work,userxattr$ko_opts" "$m" ;;
         esac
@@ -141,7 +148,7 @@ inner() {
         mount_c "$c" "$u" || die "mounting $c over the upper $u failed"
         t1=$EPOCHREALTIME
         mountpoint -q "$work/mnt/$c" || die "$c is not mounted"
-        case $c in strata|fuse-overlayfs) DPID[$c]=$(bench_daemon_pid "$work/mnt/$c" || true) ;; esac
+        [ "$c" = kernel-overlay ] || DPID[$c]=$(bench_daemon_pid "$work/mnt/$c" || true)
         [ -z "${3:-}" ] || printf 'mount\t%s\t%s\t%s\t%s\n' "$c" "$3" "$t0" "$t1" >>"$times"
     }
     # Writes back what the mount $1 and the uppers' filesystem ($2) hold dirty.
@@ -270,14 +277,14 @@ fi
 # --------------------------------------------------------------------------
 # The outer part.
 # --------------------------------------------------------------------------
-files= creates= dirs= fsync=none uppers_parent=
+files= creates= dirs= fsync=none uppers_parent= layers=5
 # Options of this script beyond bench-common.sh's.
 bench_option() {
     local v
     case $1 in
-        --files|--creates|--dirs|--fsync|--uppers)
+        --files|--creates|--dirs|--fsync|--uppers|--layers)
             [ $# -ge 2 ] || die "$1 needs a value"; v=$2; bench_took=2 ;;
-        --files=*|--creates=*|--dirs=*|--fsync=*|--uppers=*) v=${1#*=}; bench_took=1 ;;
+        --files=*|--creates=*|--dirs=*|--fsync=*|--uppers=*|--layers=*) v=${1#*=}; bench_took=1 ;;
         *) return 0 ;;
     esac
     case $1 in
@@ -286,13 +293,14 @@ bench_option() {
         --dirs*) dirs=$v ;;
         --fsync*) fsync=$v ;;
         --uppers*) uppers_parent=$v ;;
+        --layers*) layers=$v ;;
     esac
 }
 bench_parse_args "$@"
 if [ "$quick" = 1 ]; then : "${files:=300}" "${creates:=1000}" "${dirs:=10}"; fi
 : "${files:=1000}" "${creates:=5000}" "${dirs:=50}"
-for v in "$files" "$creates" "$dirs"; do
-    [[ $v =~ ^[1-9][0-9]*$ ]] || die "--files, --creates and --dirs take positive numbers, not '$v'"
+for v in "$files" "$creates" "$dirs" "$layers"; do
+    [[ $v =~ ^[1-9][0-9]*$ ]] || die "--files, --creates, --dirs and --layers take positive numbers, not '$v'"
 done
 [ $((creates % dirs)) = 0 ] || die "--creates ($creates) must be a multiple of --dirs ($dirs)"
 [ "$dirs" -le 100 ] || die "--dirs: at most 100"
@@ -313,10 +321,11 @@ else
     warn "strata: skipped: $why"
     unavailable+=(--unavailable "strata=$why")
 fi
+bench_add_sofs cands unavailable
 cands+=(fuse-overlayfs kernel-overlay)
 
 bench_install_cleanup
-bench_setup_image 5
+bench_setup_image "$layers"
 import_note="not imported (strata not measured)"
 if [ "${cands[0]}" = strata ]; then
     bench_import
@@ -335,14 +344,14 @@ note "the uppers of all candidates: $uppers, on $uppers_fs ($uppers_df)"
 
 export BW_WORK=$work BW_STRATA=$strata BW_IMAGE=${image:-} BW_RUNS=$runs BW_LOWERS=$lowers \
     BW_UPPERS=$uppers BW_FSYNC=$fsync BW_FILES=$files BW_CREATES=$creates BW_DIRS=$dirs \
-    BW_CANDIDATES="${cands[*]}" BENCH_OUTDIR=$outdir BENCH_USER=$(id -un)
+    BW_SOFS=$sofs BW_CANDIDATES="${cands[*]}" BENCH_OUTDIR=$outdir BENCH_USER=$(id -un)
 bench_run_inner
 
 [ -z "$raw" ] || cp "$work/times.tsv" "$raw"
 case $fsync in
-    none) fsync_note="nothing fsynced inside the steps: kernel overlayfs and strata mounted with volatile (else each fsyncs each copied-up file), fuse-overlayfs with fsync=0; after each step, untimed, \`sync -f M; sync -f U\`" ;;
-    syncfs) fsync_note="kernel overlayfs and strata mounted with volatile, fuse-overlayfs with fsync=0; each step's time includes \`sync -f M; sync -f U\` (syncfs of the mount, then of the uppers' filesystem)" ;;
-    own) fsync_note="each candidate's own: kernel overlayfs fsyncs each copied-up file, strata also fsyncs each copied-up file, fuse-overlayfs (fsync=1 by default) does not; after each step, untimed, \`sync -f M; sync -f U\`" ;;
+    none) fsync_note="nothing fsynced inside the steps: kernel overlayfs and strata mounted with volatile (else each fsyncs each copied-up file), fuse-overlayfs and strata-overlayfs with fsync=0; after each step, untimed, \`sync -f M; sync -f U\`" ;;
+    syncfs) fsync_note="kernel overlayfs and strata mounted with volatile, fuse-overlayfs and strata-overlayfs with fsync=0; each step's time includes \`sync -f M; sync -f U\` (syncfs of the mount, then of the uppers' filesystem)" ;;
+    own) fsync_note="each candidate's own: kernel overlayfs fsyncs each copied-up file, strata and strata-overlayfs also fsync each copied-up file, fuse-overlayfs (fsync=1 by default) does not; after each step, untimed, \`sync -f M; sync -f U\`" ;;
 esac
 
 python3 "$here/bench_write_report.py" table "$work/times.tsv" \

@@ -8,9 +8,11 @@
       lists what find cannot print: every xattr (name and value) and, for each
       file with several links, the group of paths that share its inode
   bench_lower_report.py table TIMES.tsv [--meta KEY=VALUE]... [--rss FILE]
+                                        [--unavailable NAME=WHY]...
                                         [--differences FILE]
       prints the markdown report: medians (min-max) per workload and candidate,
-      and the ratios strata/kernel-overlay, strata/fuse-overlayfs and
+      and the ratios strata/kernel-overlay, strata/fuse-overlayfs,
+      strata-overlayfs/kernel-overlay, strata-overlayfs/fuse-overlayfs and
       fuse-overlayfs/kernel-overlay
 
 TIMES.tsv lines: workload, candidate, run, start, end (seconds since the epoch,
@@ -23,7 +25,7 @@ import os
 import statistics
 import sys
 
-CANDIDATES = ["strata", "fuse-overlayfs", "kernel-overlay", "native"]
+CANDIDATES = ["strata", "strata-overlayfs", "fuse-overlayfs", "kernel-overlay", "native"]
 WORKLOADS = [
     "stat walk, warm",
     "read all, warm",
@@ -32,6 +34,7 @@ WORKLOADS = [
     "mount (until it answers)",
 ]
 RATIOS = [("strata", "kernel-overlay"), ("strata", "fuse-overlayfs"),
+          ("strata-overlayfs", "kernel-overlay"), ("strata-overlayfs", "fuse-overlayfs"),
           ("fuse-overlayfs", "kernel-overlay")]
 
 
@@ -178,7 +181,41 @@ def fmt(secs):
     return f"{secs:.4f}"
 
 
-def table(times_path, meta, rss_path, differences_path):
+def print_table(first, rows, candidates, samples, unavailable):
+    """The markdown table: one row per (key, label) of ROWS, a median (min–max)
+    cell per candidate ("unavailable" for one in UNAVAILABLE, a dict), then the
+    RATIOS of medians among the candidates."""
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    ratios = [(a, b) for a, b in RATIOS if a in candidates and b in candidates]
+    head = [first] + candidates + [f"{a} / {b}" for a, b in ratios]
+    print("| " + " | ".join(head) + " |")
+    print("|---" + "|---:" * (len(head) - 1) + "|")
+    for key, label in rows:
+        cells = [label]
+        for c in candidates:
+            s = samples.get((key, c))
+            if s:
+                cells.append(f"{fmt(med[(key, c)])} ({fmt(min(s))}–{fmt(max(s))})")
+            else:
+                cells.append("unavailable" if c in unavailable else "–")
+        for a, b in ratios:
+            if (key, a) in med and (key, b) in med and med[(key, b)] > 0:
+                cells.append(f"{med[(key, a)] / med[(key, b)]:.2f}x")
+            else:
+                cells.append("–")
+        print("| " + " | ".join(cells) + " |")
+
+
+def print_meta(meta, unavailable):
+    for item in meta:
+        key, _, value = item.partition("=")
+        print(f"- {key}: {value}")
+    for c, why in unavailable.items():
+        print(f"- {c}: not measured: {why}")
+    print()
+
+
+def table(times_path, meta, rss_path, differences_path, unavailable):
     samples = collections.defaultdict(list)
     runs = set()
     with open(times_path) as f:
@@ -186,27 +223,12 @@ def table(times_path, meta, rss_path, differences_path):
             workload, cand, run, t0, t1 = line.rstrip("\n").split("\t")
             samples[(workload, cand)].append(float(t1) - float(t0))
             runs.add(int(run))
-    med = {k: statistics.median(v) for k, v in samples.items()}
+    unavailable = dict(u.split("=", 1) for u in unavailable)
 
-    print("## strata read side beside fuse-overlayfs, kernel overlayfs and native\n")
-    for item in meta:
-        key, _, value = item.partition("=")
-        print(f"- {key}: {value}")
-    print()
-    head = ["workload"] + CANDIDATES + [f"{a} / {b}" for a, b in RATIOS]
-    print("| " + " | ".join(head) + " |")
-    print("|---" + "|---:" * (len(head) - 1) + "|")
-    for w in WORKLOADS:
-        cells = [w]
-        for c in CANDIDATES:
-            s = samples.get((w, c))
-            cells.append(f"{fmt(med[(w, c)])} ({fmt(min(s))}–{fmt(max(s))})" if s else "–")
-        for a, b in RATIOS:
-            if (w, a) in med and (w, b) in med and med[(w, b)] > 0:
-                cells.append(f"{med[(w, a)] / med[(w, b)]:.2f}x")
-            else:
-                cells.append("–")
-        print("| " + " | ".join(cells) + " |")
+    print("## strata read side beside strata-overlayfs, fuse-overlayfs, kernel overlayfs"
+          " and native\n")
+    print_meta(meta, unavailable)
+    print_table("workload", [(w, w) for w in WORKLOADS], CANDIDATES, samples, unavailable)
     nruns = len(runs)
     print(f"""
 Cells: median seconds over {nruns} runs, (min–max); ratios are of medians. The
@@ -257,6 +279,7 @@ def main():
     t.add_argument("times")
     t.add_argument("--meta", action="append", default=[])
     t.add_argument("--rss")
+    t.add_argument("--unavailable", action="append", default=[])
     t.add_argument("--differences")
     args = p.parse_args()
     if args.cmd == "extras":
@@ -264,7 +287,7 @@ def main():
     elif args.cmd == "compare":
         compare(args.name_a, args.prefix_a, args.name_b, args.prefix_b)
     else:
-        table(args.times, args.meta, args.rss, args.differences)
+        table(args.times, args.meta, args.rss, args.differences, args.unavailable)
 
 
 if __name__ == "__main__":

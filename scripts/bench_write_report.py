@@ -25,7 +25,8 @@
                         [--meta KEY=VALUE]... [--unavailable NAME=WHY]...
                         [--rss FILE] [--differences FILE] [--uppers FILE]
       prints the markdown report: per step, median (min-max) per candidate
-      and the ratios strata/kernel-overlay, strata/fuse-overlayfs and
+      and the ratios strata/kernel-overlay, strata/fuse-overlayfs,
+      strata-overlayfs/kernel-overlay, strata-overlayfs/fuse-overlayfs and
       fuse-overlayfs/kernel-overlay
 
 TIMES.tsv lines: step (append, create, delete, mount), candidate, run, start,
@@ -40,11 +41,10 @@ import stat
 import statistics
 import sys
 
-from bench_lower_report import fmt
+import bench_lower_report
 
-CANDIDATES = ["strata", "fuse-overlayfs", "kernel-overlay"]
-RATIOS = [("strata", "kernel-overlay"), ("strata", "fuse-overlayfs"),
-          ("fuse-overlayfs", "kernel-overlay")]
+# bench-lower's, but for native (a flat copy is not mounted read-write).
+CANDIDATES = [c for c in bench_lower_report.CANDIDATES if c != "native"]
 SEED = 5
 PAYLOAD_CHAR = "x"
 
@@ -225,7 +225,6 @@ def table(args):
     for (cand, run), secs in per_run.items():
         if len(steps_seen[(cand, run)]) == 3:
             samples[("total", cand)].append(secs)
-    med = {k: statistics.median(v) for k, v in samples.items()}
     unavailable = dict(u.split("=", 1) for u in args.unavailable)
 
     steps = [
@@ -235,30 +234,9 @@ def table(args):
         ("total", "all three steps"),
         ("mount", "mount (fresh upper, not in the total)"),
     ]
-    print("## strata write side beside fuse-overlayfs and kernel overlayfs\n")
-    for item in args.meta:
-        key, _, value = item.partition("=")
-        print(f"- {key}: {value}")
-    for c, why in unavailable.items():
-        print(f"- {c}: not measured: {why}")
-    print()
-    head = ["step"] + CANDIDATES + [f"{a} / {b}" for a, b in RATIOS]
-    print("| " + " | ".join(head) + " |")
-    print("|---" + "|---:" * (len(head) - 1) + "|")
-    for key, label in steps:
-        cells = [label]
-        for c in CANDIDATES:
-            s = samples.get((key, c))
-            if s:
-                cells.append(f"{fmt(med[(key, c)])} ({fmt(min(s))}–{fmt(max(s))})")
-            else:
-                cells.append("unavailable" if c in unavailable else "–")
-        for a, b in RATIOS:
-            if (key, a) in med and (key, b) in med and med[(key, b)] > 0:
-                cells.append(f"{med[(key, a)] / med[(key, b)]:.2f}x")
-            else:
-                cells.append("–")
-        print("| " + " | ".join(cells) + " |")
+    print("## strata write side beside strata-overlayfs, fuse-overlayfs and kernel overlayfs\n")
+    bench_lower_report.print_meta(args.meta, unavailable)
+    bench_lower_report.print_table("step", steps, CANDIDATES, samples, unavailable)
     print(f"""
 Cells: median seconds over {len(runs)} runs, (min–max); ratios are of medians. Each
 run of a candidate mounts the image's layers read-write over a fresh, empty upper
