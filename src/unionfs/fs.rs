@@ -278,14 +278,11 @@ impl UnionFs {
         } else {
             st.nodes.get(&dir).and_then(|n| n.lower)
         };
-        let mut ds = DirState {
-            lower: merged_lower,
-            entries: Default::default(),
-        };
+        let mut ds = DirState::new(merged_lower);
         for entry in entries {
             match entry {
                 UpperEntry::Whiteout { name } => {
-                    ds.entries.insert(name, Slot::Whiteout);
+                    ds.insert(name, Slot::Whiteout);
                 }
                 UpperEntry::Node {
                     name,
@@ -309,7 +306,7 @@ impl UnionFs {
                     if !node.links.iter().any(|(d, n)| *d == dir && *n == name) {
                         node.links.push((dir, name.clone()));
                     }
-                    ds.entries.insert(name, Slot::Node(ino));
+                    ds.insert(name, Slot::Node(ino));
                 }
             }
         }
@@ -440,6 +437,10 @@ impl UnionFs {
     fn merged_dir_nlink(&self, st: &State, dir: u64) -> Option<u32> {
         let ds = st.dirs.get(&dir)?;
         let lower = ds.lower?;
+        let known = ds.nlink.load(std::sync::atomic::Ordering::Relaxed);
+        if known != 0 {
+            return Some(known);
+        }
         let mut subdirs = self.lower.view.nlink(lower).saturating_sub(2);
         for (name, slot) in &ds.entries {
             let hides_lower_dir = self
@@ -458,6 +459,8 @@ impl UnionFs {
                 subdirs += 1;
             }
         }
+        ds.nlink
+            .store(2 + subdirs, std::sync::atomic::Ordering::Relaxed);
         Some(2 + subdirs)
     }
 
@@ -616,15 +619,9 @@ impl UnionFs {
         let mut node = Node::upper(FileType::Directory, Some(pos), (parent, name.clone()));
         node.over = self.over_of(&meta);
         st.nodes.insert(dir, node);
-        st.dirs.insert(
-            dir,
-            DirState {
-                lower: Some(pos),
-                entries: Default::default(),
-            },
-        );
+        st.dirs.insert(dir, DirState::new(Some(pos)));
         if let Some(ds) = st.dirs.get_mut(&parent) {
-            ds.entries.insert(name, Slot::Node(dir));
+            ds.insert(name, Slot::Node(dir));
         }
         Ok(())
     }
@@ -774,7 +771,7 @@ impl UnionFs {
         }
         for (dir, name) in &names {
             if let Some(ds) = st.dirs.get_mut(dir) {
-                ds.entries.insert(name.clone(), Slot::Node(ino));
+                ds.insert(name.clone(), Slot::Node(ino));
             }
         }
         st.nodes.insert(
@@ -788,6 +785,7 @@ impl UnionFs {
                 over,
             },
         );
+        st.kept_open();
         Ok(())
     }
 
@@ -844,7 +842,7 @@ impl UnionFs {
         st.nodes.insert(ino, node);
         for (d, n) in &names {
             if let Some(ds) = st.dirs.get_mut(d) {
-                ds.entries.insert(n.clone(), Slot::Node(ino));
+                ds.insert(n.clone(), Slot::Node(ino));
             }
             self.sync_origin_record(st, *d, n)?;
         }
@@ -877,8 +875,8 @@ impl UnionFs {
             let path = self.path(st, dir).ok_or(Errno::ENOENT)?;
             self.w()?.upper.set_opaque(&path).map_err(errno)?;
             if let Some(ds) = st.dirs.get_mut(&dir) {
-                ds.lower = None;
-                ds.entries.retain(|_, slot| *slot != Slot::Whiteout);
+                ds.set_lower(None);
+                ds.retain(|_, slot| *slot != Slot::Whiteout);
             }
         }
         Ok(())
@@ -902,6 +900,7 @@ impl UnionFs {
         if let Some(node) = st.nodes.get_mut(&ino) {
             node.file = Some(file.clone());
         }
+        st.kept_open();
         Ok(file)
     }
 
@@ -966,12 +965,16 @@ impl UnionFs {
             });
         }
         let attr = self.present(self.upper_attr(ino, &stat, new.over.as_ref()));
+        let has_file = new.file.is_some();
         st.nodes.insert(ino, new);
+        if has_file {
+            st.kept_open();
+        }
         if kind == FileType::Directory {
             st.dirs.insert(ino, DirState::default());
         }
         if let Some(ds) = st.dirs.get_mut(&parent) {
-            ds.entries.insert(name.to_vec(), Slot::Node(ino));
+            ds.insert(name.to_vec(), Slot::Node(ino));
         }
         Ok(attr)
     }
@@ -1070,9 +1073,9 @@ impl UnionFs {
     fn forget_name(&self, st: &mut State, dir: u64, name: &[u8], ino: u64, whiteout: bool) {
         if let Some(ds) = st.dirs.get_mut(&dir) {
             if whiteout {
-                ds.entries.insert(name.to_vec(), Slot::Whiteout);
+                ds.insert(name.to_vec(), Slot::Whiteout);
             } else {
-                ds.entries.remove(name);
+                ds.remove(name);
             }
         }
         // A lower node needs no record: its data stays in the lower for whoever has
@@ -1154,7 +1157,7 @@ impl UnionFs {
                 if is_dir && self.lower_has(&st, lands.0, lands.1) {
                     w.upper.set_opaque(at).map_err(errno)?;
                     if let Some(ds) = st.dirs.get_mut(&ino) {
-                        ds.lower = None;
+                        ds.set_lower(None);
                     }
                 }
             }
@@ -1171,10 +1174,10 @@ impl UnionFs {
                 }
             }
             if let Some(ds) = st.dirs.get_mut(&from.0) {
-                ds.entries.insert(from.1.to_vec(), Slot::Node(y));
+                ds.insert(from.1.to_vec(), Slot::Node(y));
             }
             if let Some(ds) = st.dirs.get_mut(&to.0) {
-                ds.entries.insert(to.1.to_vec(), Slot::Node(x));
+                ds.insert(to.1.to_vec(), Slot::Node(x));
             }
             if recorded {
                 self.sync_origin_record(&st, from.0, from.1)?;
@@ -1227,20 +1230,20 @@ impl UnionFs {
         }
         if let Some(ds) = st.dirs.get_mut(&from.0) {
             if src_lower {
-                ds.entries.insert(from.1.to_vec(), Slot::Whiteout);
+                ds.insert(from.1.to_vec(), Slot::Whiteout);
             } else {
-                ds.entries.remove(from.1);
+                ds.remove(from.1);
             }
         }
         if let Some(ds) = st.dirs.get_mut(&to.0) {
-            ds.entries.insert(to.1.to_vec(), Slot::Node(x));
+            ds.insert(to.1.to_vec(), Slot::Node(x));
         }
         if let Some(node) = st.nodes.get_mut(&x) {
             node.rename_link(from, to);
         }
         if x_dir && (dst_lower || dst_whiteout) {
             if let Some(ds) = st.dirs.get_mut(&x) {
-                ds.lower = None;
+                ds.set_lower(None);
             }
             if let Some(node) = st.nodes.get_mut(&x) {
                 node.lower = None;
@@ -1301,7 +1304,7 @@ impl UnionFs {
             node.links.push((parent, name.to_vec()));
         }
         if let Some(ds) = st.dirs.get_mut(&parent) {
-            ds.entries.insert(name.to_vec(), Slot::Node(ino));
+            ds.insert(name.to_vec(), Slot::Node(ino));
         }
         if self.kind(Some(&st), ino).is_some_and(takes_no_xattrs) {
             self.sync_origin_record(&st, parent, name)?;
@@ -1336,7 +1339,11 @@ impl UnionFs {
         }
         let mut st = self.write_state(w);
         let Some(path) = self.path(&st, ino) else {
-            // Unlinked and open: only its size could change, through its descriptor.
+            // Unlinked and open: changed through its descriptor, as on ext4.
+            let file = st.nodes.get(&ino).and_then(|n| n.file.clone());
+            if let Some(file) = file {
+                set_attr_by_fd(&file, mode, uid, gid, atime, mtime)?;
+            }
             return self.attr(Some(&st), ino);
         };
         let current = self.stored_attr(Some(&st), ino)?;
@@ -1403,8 +1410,30 @@ impl UnionFs {
         f(&w.upper, &path)
     }
 
+    /// Copies a regular file up for an xattr change (directories and the rest are
+    /// copied up by on_upper_path).
+    fn copy_up_for_xattr(&self, ino: u64) -> Res<()> {
+        if self.kind(self.read_state().as_deref(), ino) == Some(FileType::RegularFile) {
+            self.copy_up(ino, false)?;
+        }
+        Ok(())
+    }
+
+    /// The node's open upper file, if it has one: xattrs go through it, which also
+    /// serves a file unlinked while open.
+    fn open_upper_file(&self, ino: u64) -> Option<Arc<File>> {
+        let st = self.read_state()?;
+        st.nodes
+            .get(&ino)
+            .filter(|n| n.in_upper || n.links.is_empty())
+            .and_then(|n| n.file.clone())
+    }
+
     /// The xattrs of a node: from the view, or from its upper copy.
     fn xattr_names(&self, ino: u64) -> Res<Vec<Vec<u8>>> {
+        if let Some(file) = self.open_upper_file(ino) {
+            return super::upper::file_list_xattrs(&file).map_err(nix_errno);
+        }
         let st = self.read_state();
         if let Some(st) = st.as_deref()
             && st.is_upper(ino)
@@ -1458,6 +1487,42 @@ impl UnionFs {
             }
         }
     }
+}
+
+/// chmod, chown and utimens of an upper file through its descriptor.
+fn set_attr_by_fd(
+    file: &File,
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+) -> Res<()> {
+    if let Some(mode) = mode {
+        nix::sys::stat::fchmod(
+            file,
+            nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
+        )
+        .map_err(nix_errno)?;
+    }
+    if uid.is_some() || gid.is_some() {
+        nix::unistd::fchown(
+            file,
+            uid.map(nix::unistd::Uid::from_raw),
+            gid.map(nix::unistd::Gid::from_raw),
+        )
+        .map_err(nix_errno)?;
+    }
+    if atime.is_some() || mtime.is_some() {
+        let omit = TimeSpec::UTIME_OMIT;
+        nix::sys::stat::futimens(
+            file,
+            &atime.map_or(omit, time_spec),
+            &mtime.map_or(omit, time_spec),
+        )
+        .map_err(nix_errno)?;
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy)]
@@ -2049,11 +2114,19 @@ impl Filesystem for UnionFs {
         if is_private_xattr(name.as_bytes()) {
             return reply.error(Errno::EPERM);
         }
-        let result = self.on_upper_path(ino.0, |upper, path| {
-            upper
-                .set_xattr(path, name.as_bytes(), value, flags)
-                .map_err(errno)
-        });
+        let result =
+            self.copy_up_for_xattr(ino.0)
+                .and_then(|()| match self.open_upper_file(ino.0) {
+                    Some(file) => {
+                        super::upper::file_set_xattr(&file, name.as_bytes(), value, flags)
+                            .map_err(nix_errno)
+                    }
+                    None => self.on_upper_path(ino.0, |upper, path| {
+                        upper
+                            .set_xattr(path, name.as_bytes(), value, flags)
+                            .map_err(errno)
+                    }),
+                });
         reply_empty(reply, result);
     }
 
@@ -2097,9 +2170,16 @@ impl Filesystem for UnionFs {
             Err(e) => return reply.error(e),
             Ok(Some(_)) => {}
         }
-        let result = self.on_upper_path(ino.0, |upper, path| {
-            upper.remove_xattr(path, name.as_bytes()).map_err(errno)
-        });
+        let result =
+            self.copy_up_for_xattr(ino.0)
+                .and_then(|()| match self.open_upper_file(ino.0) {
+                    Some(file) => {
+                        super::upper::file_remove_xattr(&file, name.as_bytes()).map_err(nix_errno)
+                    }
+                    None => self.on_upper_path(ino.0, |upper, path| {
+                        upper.remove_xattr(path, name.as_bytes()).map_err(errno)
+                    }),
+                });
         reply_empty(reply, result);
     }
 

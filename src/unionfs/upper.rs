@@ -688,6 +688,43 @@ pub fn file_xattr(file: &File, name: &[u8]) -> Result<Option<Vec<u8>>, Errno> {
     fget_xattr(file.as_fd(), name)
 }
 
+/// Sets an xattr of an open file of the upper (setxattr(2) `flags`).
+pub fn file_set_xattr(file: &File, name: &[u8], value: &[u8], flags: i32) -> Result<(), Errno> {
+    let name = c_name(name)?;
+    // SAFETY: name is NUL-terminated, value is valid for its length, and the
+    // descriptor is open for the call.
+    let r = unsafe {
+        libc::fsetxattr(
+            file.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Removes an xattr of an open file of the upper.
+pub fn file_remove_xattr(file: &File, name: &[u8]) -> Result<(), Errno> {
+    fremove_xattr(file.as_fd(), name)
+}
+
+/// The user-visible xattr names of an open file of the upper.
+pub fn file_list_xattrs(file: &File) -> Result<Vec<Vec<u8>>, Errno> {
+    let fd = file.as_raw_fd();
+    let raw = read_xattr(|buf: &mut [u8]| {
+        // SAFETY: buf is writable for its length; the descriptor is open.
+        unsafe { libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len()) }
+    })?
+    .unwrap_or_default();
+    Ok(raw
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty() && !is_private_xattr(n))
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
 /// Whether the daemon's own credentials already give a new node the owner `uid:gid`.
 fn is_own(uid: u32, gid: u32) -> bool {
     uid == nix::unistd::geteuid().as_raw() && gid == nix::unistd::getegid().as_raw()
