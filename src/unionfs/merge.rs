@@ -16,7 +16,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use fuser::FileType;
 
@@ -80,17 +79,12 @@ impl Node {
     }
 }
 
-/// A directory of the upper, scanned. Change it through its methods, which drop the
-/// link count remembered for it.
+/// A directory of the upper, scanned.
 #[derive(Debug, Default)]
 pub struct DirState {
     /// The lower directory whose names show through (None: opaque, or upper only).
     pub lower: Option<usize>,
     pub entries: HashMap<Vec<u8>, Slot>,
-    /// Its link count, once worked out (0: not yet). The kernel asks for it after
-    /// every change in the directory; working it out each time made deleting the
-    /// names of a big lower directory quadratic.
-    pub nlink: AtomicU32,
 }
 
 impl DirState {
@@ -103,22 +97,18 @@ impl DirState {
 
     pub fn insert(&mut self, name: Vec<u8>, slot: Slot) {
         self.entries.insert(name, slot);
-        self.nlink.store(0, Ordering::Relaxed);
     }
 
     pub fn remove(&mut self, name: &[u8]) {
         self.entries.remove(name);
-        self.nlink.store(0, Ordering::Relaxed);
     }
 
     pub fn retain(&mut self, keep: impl FnMut(&Vec<u8>, &mut Slot) -> bool) {
         self.entries.retain(keep);
-        self.nlink.store(0, Ordering::Relaxed);
     }
 
     pub fn set_lower(&mut self, lower: Option<usize>) {
         self.lower = lower;
-        self.nlink.store(0, Ordering::Relaxed);
     }
 }
 
