@@ -589,30 +589,15 @@ impl UnionFs {
         let path = self.child_path(st, parent, &name)?;
         let mut meta = self.lower.node_meta(pos);
         meta.fsync = w.fsync_copy_up;
-        w.upper.copy_up_dir(&path, &meta).map_err(errno)?;
+        let over = w.upper.copy_up_dir(&path, &meta).map_err(errno)?;
         let mut node = Node::upper(FileType::Directory, Some(pos), (parent, name.clone()));
-        node.over = self.over_of(&meta);
+        node.over = over;
         st.nodes.insert(dir, node);
         st.dirs.insert(dir, DirState::new(Some(pos)));
         if let Some(ds) = st.dirs.get_mut(&parent) {
             ds.insert(name, Slot::Node(dir));
         }
         Ok(())
-    }
-
-    /// The override a copy-up recorded: where the owner is not the daemon's own and
-    /// the daemon could not chown to it (upper::own_fd makes the same choice).
-    fn over_of(&self, meta: &super::upper::NodeMeta) -> Option<OverrideStat> {
-        let euid = nix::unistd::geteuid();
-        let own = meta.uid == euid.as_raw() && meta.gid == nix::unistd::getegid().as_raw();
-        let can_chown =
-            euid.is_root() && self.lower.uids.maps(meta.uid) && self.lower.gids.maps(meta.gid);
-        (!own && !can_chown).then_some(OverrideStat {
-            uid: meta.uid,
-            gid: meta.gid,
-            mode: meta.mode & 0o7777,
-            kind: None,
-        })
     }
 
     /// The names under which a lower node shows now.
@@ -717,7 +702,7 @@ impl UnionFs {
                 return Err(e);
             }
         };
-        let over = self.over_of(&self.lower.node_meta(pos));
+        let over = copy.over();
         let Some((first_dir, first_name)) = names.first().cloned() else {
             let file = copy.file().try_clone().map_err(|_| Errno::EMFILE)?;
             w.upper.discard_copy(copy);
@@ -775,11 +760,14 @@ impl UnionFs {
         let path = self.child_path(st, dir, &name)?;
         let meta = self.lower.node_meta(pos);
         let entry = self.lower.view.index.entry(pos);
-        match entry.kind() {
-            EntryKind::Symlink => w
-                .upper
-                .copy_up_symlink(&path, entry.symlink_target(), &meta)
-                .map_err(errno)?,
+        // A symlink has nowhere to record an override.
+        let over = match entry.kind() {
+            EntryKind::Symlink => {
+                w.upper
+                    .copy_up_symlink(&path, entry.symlink_target(), &meta)
+                    .map_err(errno)?;
+                None
+            }
             kind => {
                 let m = entry.meta();
                 let type_bits = match kind {
@@ -792,13 +780,15 @@ impl UnionFs {
                     mode: type_bits | meta.mode,
                     rdev: libc::makedev(m.rdev_major, m.rdev_minor),
                 };
-                w.upper
+                let (_, _, over) = w
+                    .upper
                     .create(&path, node, (meta.uid, meta.gid), false)
                     .map_err(errno)?;
                 let mtime = Some(TimeSpec::new(meta.mtime.0, i64::from(meta.mtime.1)));
                 w.upper.set_times(&path, mtime, mtime).map_err(errno)?;
+                over
             }
-        }
+        };
         // The other names of a hardlinked one follow it, as for files.
         for (other_dir, other_name) in names.iter().skip(1) {
             self.ensure_upper_dir(st, *other_dir)?;
@@ -808,11 +798,7 @@ impl UnionFs {
         let kind = file_type(entry.kind());
         let mut node = Node::upper(kind, Some(pos), (dir, name.clone()));
         node.links = names.clone();
-        node.over = if kind == FileType::Symlink {
-            None
-        } else {
-            self.over_of(&meta)
-        };
+        node.over = over;
         st.nodes.insert(ino, node);
         for (d, n) in &names {
             if let Some(ds) = st.dirs.get_mut(d) {
@@ -906,10 +892,7 @@ impl UnionFs {
         if self.resolve_mut(&mut st, parent, name)?.is_some() {
             return Err(Errno::EEXIST);
         }
-        let over_whiteout = st
-            .dirs
-            .get(&parent)
-            .is_some_and(|d| d.entries.get(name) == Some(&Slot::Whiteout));
+        let over_whiteout = Self::whited_out(&st, parent, name);
         let path = self.child_path(&st, parent, name)?;
         // The caller owns it (upper::create gives it a setgid parent's group).
         let owner = self.stored_owner(req.uid(), req.gid());
@@ -919,25 +902,14 @@ impl UnionFs {
             NewNode::Symlink { .. } => FileType::Symlink,
             NewNode::Special { mode, .. } => mode_kind(mode),
         };
-        let mode = match node {
-            NewNode::File { mode } | NewNode::Dir { mode } | NewNode::Special { mode, .. } => mode,
-            NewNode::Symlink { .. } => 0o777,
-        };
-        let (stat, file, overridden) = w
+        let (stat, file, over) = w
             .upper
             .create(&path, node, owner, over_whiteout)
             .map_err(errno)?;
         let ino = st.upper_born_ino(stat.st_ino, true);
         let mut new = Node::upper(kind, None, (parent, name.to_vec()));
         new.file = file.map(Arc::new);
-        if overridden {
-            new.over = Some(OverrideStat {
-                uid: owner.0,
-                gid: owner.1,
-                mode: mode & 0o7777,
-                kind: None,
-            });
-        }
+        new.over = over;
         let attr = self.present(self.upper_attr(ino, &stat, new.over.as_ref()));
         let has_file = new.file.is_some();
         st.nodes.insert(ino, new);
@@ -960,6 +932,25 @@ impl UnionFs {
             .and_then(|d| d.lower)
             .and_then(|lp| self.lower.lookup_child(lp, name))
             .is_some()
+    }
+
+    /// Whether the upper holds a whiteout for `name` in `dir`.
+    fn whited_out(st: &State, dir: u64, name: &[u8]) -> bool {
+        st.dirs
+            .get(&dir)
+            .is_some_and(|d| d.entries.get(name) == Some(&Slot::Whiteout))
+    }
+
+    /// ENOTEMPTY unless the directory `dir` shows nothing (scanned first if need be).
+    fn check_empty(&self, st: &mut State, dir: u64) -> Res<()> {
+        if st.is_upper(dir) && !st.dirs.contains_key(&dir) {
+            self.scan_dir(st, dir)?;
+        }
+        if self.listing(Some(st), dir)?.is_empty() {
+            Ok(())
+        } else {
+            Err(Errno::ENOTEMPTY)
+        }
     }
 
     fn upper_has(st: &State, dir: u64, name: &[u8]) -> bool {
@@ -999,12 +990,7 @@ impl UnionFs {
             _ => {}
         }
         if is_dir {
-            if st.is_upper(ino) && !st.dirs.contains_key(&ino) {
-                self.scan_dir(&mut st, ino)?;
-            }
-            if !self.listing(Some(&st), ino)?.is_empty() {
-                return Err(Errno::ENOTEMPTY);
-            }
+            self.check_empty(&mut st, ino)?;
         }
         self.ensure_upper_dir(&mut st, parent)?;
         let path = self.child_path(&st, parent, name)?;
@@ -1103,14 +1089,7 @@ impl UnionFs {
             match (x_dir, y_dir) {
                 (true, false) => return Err(Errno::ENOTDIR),
                 (false, true) => return Err(Errno::EISDIR),
-                (true, true) => {
-                    if st.is_upper(y) && !st.dirs.contains_key(&y) {
-                        self.scan_dir(&mut st, y)?;
-                    }
-                    if !self.listing(Some(&st), y)?.is_empty() {
-                        return Err(Errno::ENOTEMPTY);
-                    }
-                }
+                (true, true) => self.check_empty(&mut st, y)?,
                 _ => {}
             }
         }
@@ -1161,10 +1140,7 @@ impl UnionFs {
         }
         let src_lower = self.lower_has(&st, from.0, from.1);
         let dst_lower = self.lower_has(&st, to.0, to.1);
-        let dst_whiteout = st
-            .dirs
-            .get(&to.0)
-            .is_some_and(|d| d.entries.get(to.1) == Some(&Slot::Whiteout));
+        let dst_whiteout = Self::whited_out(&st, to.0, to.1);
         if let Some(y) = y
             && Self::upper_has(&st, to.0, to.1)
         {
@@ -1269,10 +1245,7 @@ impl UnionFs {
         self.ensure_upper_dir(&mut st, parent)?;
         let src = self.path(&st, ino).ok_or(Errno::ENOENT)?;
         let dst = self.child_path(&st, parent, name)?;
-        let over_whiteout = st
-            .dirs
-            .get(&parent)
-            .is_some_and(|d| d.entries.get(name) == Some(&Slot::Whiteout));
+        let over_whiteout = Self::whited_out(&st, parent, name);
         w.upper.link(&src, &dst, over_whiteout).map_err(errno)?;
         if let Some(node) = st.nodes.get_mut(&ino) {
             node.links.push((parent, name.to_vec()));

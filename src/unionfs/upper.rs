@@ -456,8 +456,13 @@ impl Upper {
     /// Records the owner and mode of `path` in `user.containers.override_stat`.
     pub fn set_override(&self, path: &[u8], stat: &OverrideStat) -> Result<(), UpperError> {
         let node = self.open_node(path)?;
-        path_set_xattr(&node, OVERRIDE_XATTR.as_bytes(), stat.encode().as_bytes())
-            .map_err(sys("setxattr", path))
+        path_set_xattr(
+            node.as_fd(),
+            OVERRIDE_XATTR.as_bytes(),
+            stat.encode().as_bytes(),
+            0,
+        )
+        .map_err(sys("setxattr", path))
     }
 
     /// The override recorded on `path`, if any.
@@ -503,33 +508,35 @@ impl Upper {
         Ok(TempFile::Named(tmp, File::from(fd)))
     }
 
-    /// Sets xattrs, the override, mode and times, in that order: times last, since
-    /// the others may touch them.
+    /// Sets xattrs, the owner (or the override), mode and times, in that order: times
+    /// last, since the others may touch them. Returns the override it recorded.
     fn apply_meta(
         &self,
         fd: BorrowedFd,
         path: &[u8],
         meta: &NodeMeta,
-        set_times: bool,
-    ) -> Result<(), UpperError> {
+    ) -> Result<Option<OverrideStat>, UpperError> {
         for (name, value) in &meta.xattrs {
             fset_xattr(fd, name, value).map_err(sys("setxattr", path))?;
         }
         if let Some(origin) = &meta.origin {
             fset_xattr(fd, ORIGIN_XATTR.as_bytes(), origin).map_err(sys("setxattr", path))?;
         }
-        own_fd(fd, meta.uid, meta.gid, meta.mode, path)?;
+        let over = own_fd(fd, meta.uid, meta.gid, meta.mode, path)?;
         nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(meta.mode & 0o7777))
             .map_err(sys("chmod", path))?;
-        if set_times {
-            let (atime, mtime) = meta.times();
-            nix::sys::stat::futimens(fd, &atime, &mtime).map_err(sys("utimens", path))?;
-        }
-        Ok(())
+        let (atime, mtime) = meta.times();
+        nix::sys::stat::futimens(fd, &atime, &mtime).map_err(sys("utimens", path))?;
+        Ok(over)
     }
 
     /// Copies a lower directory's metadata up to `path` as an empty directory.
-    pub fn copy_up_dir(&self, path: &[u8], meta: &NodeMeta) -> Result<(), UpperError> {
+    /// Returns the override it recorded.
+    pub fn copy_up_dir(
+        &self,
+        path: &[u8],
+        meta: &NodeMeta,
+    ) -> Result<Option<OverrideStat>, UpperError> {
         let (parent, name) = self.parent(path)?;
         let tmp = temp_name();
         nix::sys::stat::mkdirat(&self.work, tmp.as_str(), Mode::from_bits_truncate(0o700))
@@ -548,16 +555,17 @@ impl Upper {
         name: &[u8],
         path: &[u8],
         meta: &NodeMeta,
-    ) -> Result<(), UpperError> {
+    ) -> Result<Option<OverrideStat>, UpperError> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let dir = nix::fcntl::openat(&self.work, tmp, flags, Mode::empty())
             .map_err(sys("open in work/ for", path))?;
-        self.apply_meta(dir.as_fd(), path, meta, true)?;
+        let over = self.apply_meta(dir.as_fd(), path, meta)?;
         if meta.fsync {
             nix::unistd::fsync(&dir).map_err(sys("fsync", path))?;
         }
         // The rename moves the directory's ctime, never its mtime.
-        rename_noreplace(&self.work, tmp, parent, name, path)
+        rename_noreplace(&self.work, tmp, parent, name, path)?;
+        Ok(over)
     }
 
     /// Copies a lower symlink up to `path`. Its owner and xattrs are not kept: Linux
@@ -672,9 +680,15 @@ pub enum NewNode<'a> {
 /// A lower file's copy, complete in work/, not yet under its name.
 pub struct PreparedCopy {
     temp: TempFile,
+    over: Option<OverrideStat>,
 }
 
 impl PreparedCopy {
+    /// The override recorded on the copy, if the owner could not be stored.
+    pub fn over(&self) -> Option<OverrideStat> {
+        self.over
+    }
+
     /// The copy itself, open read-write.
     pub fn file(&self) -> &File {
         match &self.temp {
@@ -690,19 +704,7 @@ pub fn file_xattr(file: &File, name: &[u8]) -> Result<Option<Vec<u8>>, Errno> {
 
 /// Sets an xattr of an open file of the upper (setxattr(2) `flags`).
 pub fn file_set_xattr(file: &File, name: &[u8], value: &[u8], flags: i32) -> Result<(), Errno> {
-    let name = c_name(name)?;
-    // SAFETY: name is NUL-terminated, value is valid for its length, and the
-    // descriptor is open for the call.
-    let r = unsafe {
-        libc::fsetxattr(
-            file.as_raw_fd(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    };
-    Errno::result(r).map(drop)
+    fset_xattr_flags(file.as_fd(), name, value, flags)
 }
 
 /// Removes an xattr of an open file of the upper.
@@ -730,19 +732,28 @@ fn is_own(uid: u32, gid: u32) -> bool {
     uid == nix::unistd::geteuid().as_raw() && gid == nix::unistd::getegid().as_raw()
 }
 
-/// Gives `fd` the owner `uid:gid`, or, where the host cannot store it (an id our
-/// namespace does not map, no CAP_CHOWN), records it in the override xattr.
-fn own_fd(fd: BorrowedFd, uid: u32, gid: u32, mode: u32, path: &[u8]) -> Result<bool, UpperError> {
+/// Gives the node `fd` holds (any descriptor, O_PATH too) the owner `uid:gid`, or,
+/// where the host cannot store it (an id our namespace does not map, no CAP_CHOWN),
+/// records it in the override xattr. Returns the override it recorded.
+fn own_fd(
+    fd: BorrowedFd,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    path: &[u8],
+) -> Result<Option<OverrideStat>, UpperError> {
     if is_own(uid, gid) {
-        return Ok(false);
+        return Ok(None);
     }
-    let result = nix::unistd::fchown(
+    let result = nix::unistd::fchownat(
         fd,
+        "",
         Some(nix::unistd::Uid::from_raw(uid)),
         Some(nix::unistd::Gid::from_raw(gid)),
+        AtFlags::AT_EMPTY_PATH,
     );
     match result {
-        Ok(()) => Ok(false),
+        Ok(()) => Ok(None),
         Err(Errno::EPERM) | Err(Errno::EINVAL) => {
             let over = OverrideStat {
                 uid,
@@ -750,9 +761,9 @@ fn own_fd(fd: BorrowedFd, uid: u32, gid: u32, mode: u32, path: &[u8]) -> Result<
                 mode: mode & 0o7777,
                 kind: None,
             };
-            fset_xattr(fd, OVERRIDE_XATTR.as_bytes(), over.encode().as_bytes())
+            path_set_xattr(fd, OVERRIDE_XATTR.as_bytes(), over.encode().as_bytes(), 0)
                 .map_err(sys("setxattr", path))?;
-            Ok(true)
+            Ok(Some(over))
         }
         Err(e) => Err(sys("chown", path)(e)),
     }
@@ -806,14 +817,15 @@ impl Upper {
 
     /// Creates `path`. Where a whiteout holds the name (`over_whiteout`) the node is
     /// made in work/ and renamed over it, so the name never shows the lower again;
-    /// a directory made there is opaque. Returns its stat, and a regular file open.
+    /// a directory made there is opaque. Returns its stat, a regular file open, and
+    /// the override recorded for an owner the host cannot store.
     pub fn create(
         &self,
         path: &[u8],
         node: NewNode,
         owner: (u32, u32),
         over_whiteout: bool,
-    ) -> Result<(FileStat, Option<File>, bool), UpperError> {
+    ) -> Result<(FileStat, Option<File>, Option<OverrideStat>), UpperError> {
         let (parent, name) = self.parent(path)?;
         // A setgid directory gives its group to what is made in it.
         let parent_stat = nix::sys::stat::fstat(&parent).map_err(sys("stat", path))?;
@@ -830,7 +842,7 @@ impl Upper {
         };
         let (file, mode) = make_node(at, at_name, &node, path)?;
         let result = self.finish_new(at, at_name, file, mode, owner, path, &node, over_whiteout);
-        let (file, overridden) = match result {
+        let (file, over) = match result {
             Ok(r) => r,
             Err(e) => {
                 let _ = remove_tree_at(at, at_name);
@@ -846,7 +858,7 @@ impl Upper {
         }
         let stat = nix::sys::stat::fstatat(&parent, name, AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(sys("stat", path))?;
-        Ok((stat, file, overridden))
+        Ok((stat, file, over))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -860,7 +872,7 @@ impl Upper {
         path: &[u8],
         node: &NewNode,
         opaque: bool,
-    ) -> Result<(Option<File>, bool), UpperError> {
+    ) -> Result<(Option<File>, Option<OverrideStat>), UpperError> {
         if matches!(node, NewNode::Symlink { .. }) {
             if !is_own(uid, gid) {
                 let _ = nix::unistd::fchownat(
@@ -871,7 +883,7 @@ impl Upper {
                     AtFlags::AT_SYMLINK_NOFOLLOW,
                 );
             }
-            return Ok((file, false));
+            return Ok((file, None));
         }
         let held;
         let fd = match &file {
@@ -895,58 +907,11 @@ impl Upper {
                 held.as_fd()
             }
         };
-        let overridden = if matches!(node, NewNode::Special { .. }) {
-            // An O_PATH descriptor takes no fchown: go through its /proc link.
-            self.own_special(at, at_name, uid, gid, mode, path)?
-        } else {
-            own_fd(fd, uid, gid, mode, path)?
-        };
+        let over = own_fd(fd, uid, gid, mode, path)?;
         if opaque && matches!(node, NewNode::Dir { .. }) {
             fset_xattr(fd, OPAQUE_XATTR.as_bytes(), b"y").map_err(sys("setxattr", path))?;
         }
-        Ok((file, overridden))
-    }
-
-    fn own_special(
-        &self,
-        at: &OwnedFd,
-        at_name: &[u8],
-        uid: u32,
-        gid: u32,
-        mode: u32,
-        path: &[u8],
-    ) -> Result<bool, UpperError> {
-        if is_own(uid, gid) {
-            return Ok(false);
-        }
-        match nix::unistd::fchownat(
-            at,
-            at_name,
-            Some(nix::unistd::Uid::from_raw(uid)),
-            Some(nix::unistd::Gid::from_raw(gid)),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
-            Ok(()) => Ok(false),
-            Err(Errno::EPERM) | Err(Errno::EINVAL) => {
-                let node = nix::fcntl::openat(
-                    at,
-                    at_name,
-                    OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(sys("open", path))?;
-                let over = OverrideStat {
-                    uid,
-                    gid,
-                    mode: mode & 0o7777,
-                    kind: None,
-                };
-                path_set_xattr(&node, OVERRIDE_XATTR.as_bytes(), over.encode().as_bytes())
-                    .map_err(sys("setxattr", path))?;
-                Ok(true)
-            }
-            Err(e) => Err(sys("chown", path)(e)),
-        }
+        Ok((file, over))
     }
 
     /// Puts work/`tmp` where the whiteout `parent`/`name` is. A directory cannot be
@@ -1167,19 +1132,7 @@ impl Upper {
         flags: i32,
     ) -> Result<(), UpperError> {
         let node = self.open_node(path)?;
-        let name_c = c_name(name).map_err(sys("setxattr", path))?;
-        let p = proc_fd_path(&node);
-        // SAFETY: p and name_c are NUL-terminated, value is valid for its length.
-        let r = unsafe {
-            libc::setxattr(
-                p.as_ptr(),
-                name_c.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                flags,
-            )
-        };
-        Errno::result(r).map(drop).map_err(sys("setxattr", path))
+        path_set_xattr(node.as_fd(), name, value, flags).map_err(sys("setxattr", path))
     }
 
     pub fn remove_xattr(&self, path: &[u8], name: &[u8]) -> Result<(), UpperError> {
@@ -1213,19 +1166,22 @@ impl Upper {
             if let Some(src) = src {
                 copy_data(src.as_fd(), temp.fd(), path)?;
             }
-            self.apply_meta(temp.fd(), path, meta, true)?;
+            let over = self.apply_meta(temp.fd(), path, meta)?;
             if meta.fsync {
                 nix::unistd::fsync(temp.fd()).map_err(sys("fsync", path))?;
             }
-            Ok(())
+            Ok(over)
         })();
-        if let Err(e) = result {
-            if let TempFile::Named(tmp, _) = &temp {
-                let _ = nix::unistd::unlinkat(&self.work, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        match result {
+            Ok(over) => Ok(PreparedCopy { temp, over }),
+            Err(e) => {
+                if let TempFile::Named(tmp, _) = &temp {
+                    let _ =
+                        nix::unistd::unlinkat(&self.work, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+                }
+                Err(e)
             }
-            return Err(e);
         }
-        Ok(PreparedCopy { temp })
     }
 
     /// Puts a prepared copy under `path` (which must be free) and gives back its file.
@@ -1442,7 +1398,7 @@ fn private_marks(
 }
 
 fn path_list_xattrs(fd: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
-    let path = proc_fd_path(fd);
+    let path = proc_fd_path(fd.as_fd());
     let raw = read_xattr(|buf: &mut [u8]| {
         // SAFETY: path is NUL-terminated; buf is writable for its length.
         unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
@@ -1470,7 +1426,7 @@ fn fremove_xattr(fd: BorrowedFd, name: &[u8]) -> Result<(), Errno> {
 
 fn path_remove_xattr(fd: &OwnedFd, name: &[u8]) -> Result<(), Errno> {
     let name = c_name(name)?;
-    let path = proc_fd_path(fd);
+    let path = proc_fd_path(fd.as_fd());
     // SAFETY: path and name are NUL-terminated.
     let r = unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) };
     Errno::result(r).map(drop)
@@ -1660,6 +1616,11 @@ fn c_name(name: &[u8]) -> Result<std::ffi::CString, Errno> {
 }
 
 fn fset_xattr(fd: BorrowedFd, name: &[u8], value: &[u8]) -> Result<(), Errno> {
+    fset_xattr_flags(fd, name, value, 0)
+}
+
+/// fsetxattr(2) with its `flags` (XATTR_CREATE, XATTR_REPLACE).
+fn fset_xattr_flags(fd: BorrowedFd, name: &[u8], value: &[u8], flags: i32) -> Result<(), Errno> {
     let name = c_name(name)?;
     // SAFETY: name is NUL-terminated, value is valid for value.len() bytes, and the
     // kernel only reads them during the call.
@@ -1669,7 +1630,7 @@ fn fset_xattr(fd: BorrowedFd, name: &[u8], value: &[u8]) -> Result<(), Errno> {
             name.as_ptr(),
             value.as_ptr().cast(),
             value.len(),
-            0,
+            flags,
         )
     };
     Errno::result(r).map(drop)
@@ -1693,14 +1654,14 @@ fn fget_xattr(fd: BorrowedFd, name: &[u8]) -> Result<Option<Vec<u8>>, Errno> {
 /// xattrs of a node held by an O_PATH descriptor: f*xattr refuse those, so the call
 /// goes through the descriptor's /proc link, which names exactly that inode (it is our
 /// own descriptor, not a path anything in the upper controls).
-fn proc_fd_path(fd: &OwnedFd) -> std::ffi::CString {
+fn proc_fd_path(fd: BorrowedFd) -> std::ffi::CString {
     std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .expect("a formatted number has no NUL")
 }
 
-fn path_set_xattr(fd: &OwnedFd, name: &[u8], value: &[u8]) -> Result<(), Errno> {
+fn path_set_xattr(fd: BorrowedFd, name: &[u8], value: &[u8], flags: i32) -> Result<(), Errno> {
     let name = c_name(name)?;
-    let path = proc_fd_path(fd);
+    let path = proc_fd_path(fd.as_fd());
     // SAFETY: path and name are NUL-terminated, value is valid for value.len() bytes.
     let r = unsafe {
         libc::setxattr(
@@ -1708,7 +1669,7 @@ fn path_set_xattr(fd: &OwnedFd, name: &[u8], value: &[u8]) -> Result<(), Errno> 
             name.as_ptr(),
             value.as_ptr().cast(),
             value.len(),
-            0,
+            flags,
         )
     };
     Errno::result(r).map(drop)
@@ -1716,7 +1677,7 @@ fn path_set_xattr(fd: &OwnedFd, name: &[u8], value: &[u8]) -> Result<(), Errno> 
 
 fn path_get_xattr(fd: &OwnedFd, name: &[u8]) -> Result<Option<Vec<u8>>, Errno> {
     let name = c_name(name)?;
-    let path = proc_fd_path(fd);
+    let path = proc_fd_path(fd.as_fd());
     read_xattr(|buf: &mut [u8]| {
         // SAFETY: path and name are NUL-terminated; buf is writable for its length.
         unsafe {
@@ -2049,7 +2010,7 @@ mod tests {
         escape(upper.set_override(b"esc/f", &stat));
         escape(upper.get_override(b"esc/f").map(drop));
         escape(upper.copy_up_file(&src, b"esc/new", &meta));
-        escape(upper.copy_up_dir(b"esc/newdir", &meta));
+        escape(upper.copy_up_dir(b"esc/newdir", &meta).map(drop));
         escape(upper.copy_up_symlink(b"esc/newlink", b"x", &meta));
         escape(upper.stat(b"esc/f").map(drop));
         escape(upper.open_dir(b"../outside").map(drop));
