@@ -291,6 +291,18 @@ bench_wait_gone() {
     return 0
 }
 
+# Unmounts candidate NAME from MOUNTPOINT (strata with `$strata umount`, the others
+# with umount) and waits for its daemon, recorded in DPID[NAME], to be gone.
+bench_umount() {
+    local c=$1 m=$2
+    case $c in
+        strata) "$strata" umount "$m" ;;
+        *) umount "$m" ;;
+    esac
+    bench_wait_gone "${DPID[$c]:-}" "$c"
+    DPID[$c]=
+}
+
 # Sets bench_order to the CANDIDATES rotated by RUN (a number): run by run,
 # each candidate takes each place in the order.
 bench_order=()

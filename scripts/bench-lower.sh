@@ -88,17 +88,7 @@ inner() {
             native) mount --bind "$work/flat" "$m" ;;
         esac
     }
-    # Unmounts and waits for the daemon to be gone, so that the next
-    # measurement does not share the CPUs with a dying one.
-    umount_c() {
-        local c=$1 m=$work/mnt/$1
-        case $c in
-            strata) "$strata" umount "$m" ;;
-            *) umount "$m" ;;
-        esac
-        bench_wait_gone "${DPID[$c]:-}" "$c"
-        DPID[$c]=
-    }
+    umount_c() { bench_umount "$1" "$work/mnt/$1"; }
     # Mounts candidate $1, records the time to $times under workload $2, run $3.
     timed_mount() {
         local c=$1 t0 t1

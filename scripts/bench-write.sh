@@ -129,15 +129,7 @@ inner() {
                 mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$u,workdir=$u.work,userxattr$ko_opts" "$m" ;;
         esac
     }
-    umount_c() {
-        local c=$1 m=$work/mnt/$1
-        case $c in
-            strata) "$strata" umount "$m" ;;
-            *) umount "$m" ;;
-        esac
-        bench_wait_gone "${DPID[$c]:-}" "$c"
-        DPID[$c]=
-    }
+    umount_c() { bench_umount "$1" "$work/mnt/$1"; }
     # Mounts candidate $1 over upper $2; with a run number $3, records the time.
     timed_mount() {
         local c=$1 u=$2 t0 t1

@@ -247,22 +247,30 @@ per candidate). Stat walk: `find M -xdev -printf '%i %s\\n' >/dev/null`; read al
         if peaks:
             print("\nDaemon peak RSS after the runs (VmHWM of the last mount): "
                   + ", ".join(f"{c} {v}" for c, v in peaks) + ".")
-    if differences_path and os.path.exists(differences_path):
-        with open(differences_path) as f:
-            lines = [line.rstrip("\n") for line in f]
-        summary = [line for line in lines if line.startswith("trees: ")]
-        if summary:
-            print("\nTree checks against kernel overlayfs (before timing):\n")
-            for line in summary:
-                print(f"- {line[len('trees: '):]}")
-            details = [line for line in lines if not line.startswith("trees: ")]
-            if details:
-                print("\n```")
-                for line in details[:60]:
-                    print(line.strip())
-                if len(details) > 60:
-                    print(f"... and {len(details) - 60} more lines")
-                print("```")
+    print_differences(differences_path, "Tree checks against kernel overlayfs (before timing):")
+
+def print_differences(path, heading, drop=""):
+    """Prints the tree comparisons in PATH: its `trees: ` lines as a list under
+    HEADING (each with the text DROP taken out), then the details in a block."""
+    if not path or not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line.rstrip("\n") for line in f]
+    summary = [line for line in lines if line.startswith("trees: ")]
+    if not summary:
+        return
+    print(f"\n{heading}\n")
+    for line in summary:
+        text = line[len("trees: "):]
+        print(f"- {text.replace(drop, '') if drop else text}")
+    details = [line for line in lines if not line.startswith("trees: ")]
+    if details:
+        print("\n```")
+        for line in details[:60]:
+            print(line.strip())
+        if len(details) > 60:
+            print(f"... and {len(details) - 60} more lines")
+        print("```")
 
 
 def main():

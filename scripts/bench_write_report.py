@@ -271,24 +271,12 @@ gone, and the mount holds the expected number of entries; the script fails if no
         if peaks:
             print("\nDaemon peak RSS (VmHWM, last run): "
                   + ", ".join(f"{c} {v}" for c, v in peaks) + ".")
-    if args.differences and os.path.exists(args.differences):
-        with open(args.differences) as f:
-            lines = [line.rstrip("\n") for line in f]
-        summary = [line for line in lines if line.startswith("trees: ")]
-        if summary:
-            print("\nThe trees after the three steps of the first run, against kernel overlayfs's"
-                  " (mtimes not compared):\n")
-            for line in summary:
-                print(f"- {line[len('trees: '):].replace(' mtimes,', '')}")
-            details = [line for line in lines if not line.startswith("trees: ")]
-            if details:
-                print("\n```")
-                for line in details[:60]:
-                    print(line.strip())
-                if len(details) > 60:
-                    print(f"... and {len(details) - 60} more lines")
-                print("```")
-
+    bench_lower_report.print_differences(
+        args.differences,
+        "The trees after the three steps of the first run, against kernel overlayfs's"
+        " (mtimes not compared):",
+        drop=" mtimes,",
+    )
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
