@@ -10,6 +10,7 @@ mod progress;
 mod pull;
 mod push;
 mod rmi;
+mod run;
 mod save;
 mod tag;
 
@@ -21,7 +22,8 @@ use strata::image::ImageError;
 use strata::store::{Store, StoreError};
 use strata::unionfs::UnionError;
 
-/// Exit codes of every command but run/start, as podman has them.
+/// Exit codes of every command but run (which passes the container's on), as
+/// podman has them.
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_USER: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
@@ -55,6 +57,7 @@ enum Command {
     Rmi(rmi::Args),
     Gc(gc::Args),
     Save(save::Args),
+    Run(run::Args),
     Mount(mount::Args),
     Umount(mount::UmountArgs),
 }
@@ -67,7 +70,18 @@ pub fn run() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
         }
     };
+    if let Command::Run(args) = cli.command {
+        // The container's own exit code comes back; strata's failures are 125.
+        return match open_store(cli.root).and_then(|store| run::run(&store, args)) {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("strata: error: {}", describe(&err));
+                strata::runtime::EXIT_RUNTIME
+            }
+        };
+    }
     let result = match cli.command {
+        Command::Run(_) => unreachable!("handled above"),
         Command::Import(args) => open_store(cli.root).and_then(|store| import::run(&store, args)),
         Command::Pull(args) => open_store(cli.root).and_then(|store| pull::run(&store, args)),
         Command::Push(args) => open_store(cli.root).and_then(|store| push::run(&store, args)),
@@ -106,6 +120,7 @@ fn describe(err: &anyhow::Error) -> String {
     if err.downcast_ref::<StoreError>().is_some()
         || err.downcast_ref::<ImageError>().is_some()
         || err.downcast_ref::<UnionError>().is_some()
+        || err.downcast_ref::<strata::runtime::RunError>().is_some()
     {
         return err.to_string();
     }
