@@ -6,6 +6,7 @@
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
@@ -15,7 +16,7 @@ use nix::unistd::{ForkResult, Pid};
 
 use super::container::{self, ContainerDir};
 use super::process::{self, KeepIdUser, ProcessPlan};
-use super::pty::{self, Pty, RawMode};
+use super::pty::{ConsoleSocket, RawMode, Terminal};
 use super::spec::{ContainerSpec, Network, RunOptions};
 use super::supervise::{Supervisor, handled_signals};
 use super::sys::fork_into_new_pid_namespace;
@@ -55,8 +56,8 @@ pub fn run(store: &Store, image: &ImageRecord, options: &RunOptions) -> Result<i
     if let Some(notice) = &prepared.mapping.notice {
         eprintln!("strata: notice: {notice}");
     }
-    let pty = match prepared.spec.tty {
-        true => Some(Pty::open().map_err(RunError::start("open a pseudo-terminal"))?),
+    let console = match prepared.spec.tty {
+        true => Some(ConsoleSocket::new().map_err(RunError::start("open a socket pair"))?),
         false => None,
     };
     let (from_child_r, from_child_w) = pipe()?;
@@ -65,11 +66,12 @@ pub fn run(store: &Store, image: &ImageRecord, options: &RunOptions) -> Result<i
         .thread_block()
         .map_err(RunError::start("block signals"))?;
     let parent = nix::unistd::getpid();
-    // SAFETY: no thread exists yet in this process (the pty copiers start after the
+    // SAFETY: no thread exists yet in this process (the terminal's start after the
     // fork, in the parent), so the child is a complete single-threaded copy.
     match unsafe { nix::unistd::fork() }.map_err(RunError::start("fork"))? {
         ForkResult::Child => {
             drop((from_child_r, to_child_w));
+            let console = console.map(|c| c.child);
             let code = serve_container(
                 store,
                 image,
@@ -77,7 +79,7 @@ pub fn run(store: &Store, image: &ImageRecord, options: &RunOptions) -> Result<i
                 parent,
                 from_child_w,
                 to_child_r,
-                pty,
+                console,
             );
             // SAFETY: leave without running the parent's destructors (its locks and
             // directories are the parent's to release).
@@ -85,7 +87,8 @@ pub fn run(store: &Store, image: &ImageRecord, options: &RunOptions) -> Result<i
         }
         ForkResult::Parent { child } => {
             drop((from_child_w, to_child_r));
-            let code = supervise(child, &prepared, from_child_r, to_child_w, pty);
+            let console = console.map(|c| c.parent);
+            let code = supervise(child, &prepared, from_child_r, to_child_w, console);
             // The child removes the container directory from inside the user
             // namespace; this catches a child that died before it could.
             prepared.container.remove();
@@ -207,7 +210,7 @@ fn supervise(
     prepared: &Prepared,
     from_child: OwnedFd,
     to_child: OwnedFd,
-    pty: Option<Pty>,
+    console: Option<OwnedFd>,
 ) -> Result<i32, RunError> {
     let mut from_child = std::fs::File::from(from_child);
     let mut unshared = [0u8; 1];
@@ -225,43 +228,28 @@ fn supervise(
         return Ok(wait_for(child));
     }
     drop(to_child);
-    let mut output = None;
-    let mut _raw = None;
-    if let Some(pty) = &pty {
-        if prepared.spec.interactive {
-            _raw = Some(RawMode::enter());
-            pty::copy_input(&pty.master).map_err(|source| RunError::Start {
-                op: "copy the terminal input",
-                source,
-            })?;
-        }
-        output = Some(
-            pty::copy_output(&pty.master).map_err(|source| RunError::Start {
-                op: "copy the terminal output",
-                source,
-            })?,
-        );
-    }
-    let (master, slave) = match pty {
-        Some(Pty { master, slave }) => (Some(master), Some(slave)),
-        None => (None, None),
-    };
-    // Only the container may hold the terminal's other end, or its output would
-    // never end.
-    drop(slave);
+    // Raw mode only when our own stdin is a terminal that feeds the container's.
+    let _raw = (console.is_some() && prepared.spec.interactive).then(RawMode::enter);
+    let terminal = console
+        .map(|socket| Terminal::attach(socket, prepared.spec.interactive))
+        .transpose()
+        .map_err(|source| RunError::Start {
+            op: "attach the terminal",
+            source,
+        })?;
     let code = Supervisor {
         child,
         from_child: Some(from_child.into()),
         stop_timeout: prepared.spec.stop_timeout,
-        pty_master: master.as_ref(),
+        pty_master: terminal.as_ref().map(|t| Arc::clone(&t.master)),
     }
     .wait()
     .map_err(|source| RunError::Start {
         op: "wait for the container",
         source,
     })?;
-    if let Some(output) = output {
-        let _ = output.join();
+    if let Some(terminal) = terminal {
+        terminal.finish();
     }
     Ok(code)
 }
@@ -289,9 +277,17 @@ fn serve_container(
     parent: Pid,
     to_parent: OwnedFd,
     from_parent: OwnedFd,
-    pty: Option<Pty>,
+    console: Option<OwnedFd>,
 ) -> i32 {
-    match serve_container_in(store, image, prepared, parent, to_parent, from_parent, pty) {
+    match serve_container_in(
+        store,
+        image,
+        prepared,
+        parent,
+        to_parent,
+        from_parent,
+        console,
+    ) {
         Ok(code) => code,
         Err(message) => {
             eprintln!("strata: error: {message}");
@@ -307,7 +303,7 @@ fn serve_container_in(
     parent: Pid,
     to_parent: OwnedFd,
     from_parent: OwnedFd,
-    pty: Option<Pty>,
+    console: Option<OwnedFd>,
 ) -> Result<i32, String> {
     let errno = |what: &'static str| move |e: nix::errno::Errno| format!("{what}: {}", e.desc());
     // If strata is killed, the container goes with it.
@@ -351,14 +347,14 @@ fn serve_container_in(
             rootfs,
             writable: prepared.upper.is_some(),
             files: prepared.files.clone(),
-            pty_slave: pty.as_ref().map(|p| &p.slave),
+            console: console.as_ref(),
             keep_id: prepared.keep_id.clone(),
         }),
         Some(pid) => pid,
     };
     let _ = to_parent.write_all(&first.as_raw().to_ne_bytes());
     // Only the container may hold the terminal: its output ends when it is gone.
-    drop((to_parent, pty));
+    drop((to_parent, console));
     std::thread::Builder::new()
         .name("strata-fuse".into())
         .spawn(move || mounted.serve())

@@ -25,7 +25,8 @@ pub struct ProcessPlan<'a> {
     pub rootfs: PathBuf,
     pub writable: bool,
     pub files: Vec<(PathBuf, &'static str)>,
-    pub pty_slave: Option<&'a OwnedFd>,
+    /// `-t`: where to send the master end of the terminal made inside.
+    pub console: Option<&'a OwnedFd>,
     /// `--userns=keep-id`: the caller, to be given passwd and group entries.
     pub keep_id: Option<KeepIdUser>,
 }
@@ -77,7 +78,6 @@ fn setup(plan: &ProcessPlan<'_>) -> Result<(Vec<CString>, Option<String>), Strin
     if spec.network == Network::None {
         super::sys::loopback_up().map_err(|e| format!("bring up lo: {e}"))?;
     }
-    standard_streams(plan)?;
     rootfs::enter(&RootfsPlan {
         root: &plan.rootfs,
         writable: plan.writable,
@@ -92,6 +92,7 @@ fn setup(plan: &ProcessPlan<'_>) -> Result<(Vec<CString>, Option<String>), Strin
     }
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let user = users::resolve(&spec.user, &read("/etc/passwd"), &read("/etc/group"))?;
+    standard_streams(plan, &user)?;
     enter_workdir(&spec.workdir, plan.writable)?;
     spec.capabilities
         .restrict_bounding()
@@ -157,22 +158,24 @@ pub fn default_signals() -> nix::Result<()> {
 }
 
 /// Without `-t`: a session of its own (the caller's terminal signals strata, which
-/// forwards once), stdin /dev/null unless `-i`. With `-t`: the pty as controlling
-/// terminal and all three streams.
-fn standard_streams(plan: &ProcessPlan<'_>) -> Result<(), String> {
+/// forwards once), stdin /dev/null unless `-i`. With `-t`: a terminal of the
+/// container's devpts, owned by the user, as controlling terminal and all three
+/// streams.
+fn standard_streams(plan: &ProcessPlan<'_>, user: &users::ResolvedUser) -> Result<(), String> {
     nix::unistd::setsid().map_err(errno("setsid"))?;
-    match plan.pty_slave {
-        Some(slave) => {
+    match plan.console {
+        Some(socket) => {
+            let slave = super::pty::make_console(socket, user.uid, user.gid)?;
             // SAFETY: TIOCSCTTY takes an int argument; the slave is an open terminal.
             if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
                 return Err(format!(
-                    "make the pty the controlling terminal: {}",
+                    "make the terminal the controlling one: {}",
                     std::io::Error::last_os_error()
                 ));
             }
-            nix::unistd::dup2_stdin(slave).map_err(errno("dup2"))?;
-            nix::unistd::dup2_stdout(slave).map_err(errno("dup2"))?;
-            nix::unistd::dup2_stderr(slave).map_err(errno("dup2"))?;
+            nix::unistd::dup2_stdin(&slave).map_err(errno("dup2"))?;
+            nix::unistd::dup2_stdout(&slave).map_err(errno("dup2"))?;
+            nix::unistd::dup2_stderr(&slave).map_err(errno("dup2"))?;
         }
         None if !plan.spec.interactive => {
             let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;

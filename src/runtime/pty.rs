@@ -4,30 +4,86 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
+use nix::fcntl::OFlag;
+use nix::sys::socket;
 use nix::sys::termios::{self, SetArg, Termios};
 
-pub struct Pty {
-    pub master: OwnedFd,
-    pub slave: OwnedFd,
+/// The socket pair the container's first process sends its terminal's master end
+/// through: the terminal is opened in the container's own devpts, so that `tty`
+/// and ttyname() find it there as /dev/pts/0 (a pty of the host's devpts would
+/// have no name inside).
+pub struct ConsoleSocket {
+    pub parent: OwnedFd,
+    pub child: OwnedFd,
 }
 
-impl Pty {
-    /// A new pty with the caller's window size when its stdout is a terminal.
-    pub fn open() -> nix::Result<Pty> {
-        let size = window_size(io::stdout().as_fd());
-        let pty = nix::pty::openpty(size.as_ref(), None)?;
-        nix::fcntl::fcntl(
-            &pty.master,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+impl ConsoleSocket {
+    pub fn new() -> nix::Result<ConsoleSocket> {
+        let (parent, child) = socket::socketpair(
+            socket::AddressFamily::Unix,
+            socket::SockType::Stream,
+            None,
+            socket::SockFlag::SOCK_CLOEXEC,
         )?;
-        Ok(Pty {
-            master: pty.master,
-            slave: pty.slave,
-        })
+        Ok(ConsoleSocket { parent, child })
     }
+}
+
+/// In the container, after pivot_root: a new terminal of its devpts, owned by the
+/// user the command runs as; sends the master end to strata and returns the slave.
+pub fn make_console(socket: &OwnedFd, uid: u32, gid: u32) -> Result<OwnedFd, String> {
+    let fail = |what: &'static str| move |e: nix::errno::Errno| format!("{what}: {}", e.desc());
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(fail("open /dev/ptmx"))?;
+    nix::pty::grantpt(&master).map_err(fail("grantpt"))?;
+    nix::pty::unlockpt(&master).map_err(fail("unlockpt"))?;
+    let name = nix::pty::ptsname_r(&master).map_err(fail("ptsname"))?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(fail("open the terminal"))?;
+    nix::unistd::fchown(&slave, Some(uid.into()), Some(gid.into()))
+        .map_err(fail("give the terminal to the user"))?;
+    let fds = [master.as_raw_fd()];
+    socket::sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[io::IoSlice::new(b"t")],
+        &[socket::ControlMessage::ScmRights(&fds)],
+        socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(fail("send the terminal to strata"))?;
+    Ok(slave)
+}
+
+/// Strata's side: the master end, once the container sends it; None when the
+/// container ended before it did.
+pub fn receive_console(socket: &OwnedFd) -> Option<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = socket::recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    for cmsg in msg.cmsgs().ok()? {
+        if let socket::ControlMessageOwned::ScmRights(fds) = cmsg
+            && let Some(&fd) = fds.first()
+        {
+            // SAFETY: the kernel has just installed this descriptor for us.
+            return Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    None
 }
 
 fn window_size(fd: impl AsFd) -> Option<nix::pty::Winsize> {
@@ -42,7 +98,8 @@ fn window_size(fd: impl AsFd) -> Option<nix::pty::Winsize> {
     (rc == 0).then_some(size)
 }
 
-/// Passes the caller's window size on to the container's terminal (after SIGWINCH);
+/// Passes the caller's window size on to the container's terminal (at the start and
+/// after SIGWINCH);
 /// the kernel then signals the container's foreground process group.
 pub fn copy_window_size(master: &OwnedFd) {
     if let Some(size) = window_size(io::stdout().as_fd()) {
@@ -77,26 +134,58 @@ impl Drop for RawMode {
     }
 }
 
+/// Strata's end of the container's terminal: a thread waits for the master end,
+/// passes the window size on, starts copying stdin in (`-i`) and copies the output
+/// out until the container is gone.
+pub struct Terminal {
+    /// Set once the container has sent it; SIGWINCH needs it.
+    pub master: Arc<OnceLock<OwnedFd>>,
+    thread: JoinHandle<()>,
+}
+
+impl Terminal {
+    pub fn attach(socket: OwnedFd, input: bool) -> io::Result<Terminal> {
+        let master = Arc::new(OnceLock::new());
+        let shared = Arc::clone(&master);
+        let thread = std::thread::Builder::new()
+            .name("strata-pty".into())
+            .spawn(move || {
+                let Some(fd) = receive_console(&socket) else {
+                    return;
+                };
+                copy_window_size(&fd);
+                let fd = shared.get_or_init(|| fd);
+                if input {
+                    let _ = copy_input(fd);
+                }
+                copy_output(fd);
+            })?;
+        Ok(Terminal { master, thread })
+    }
+
+    /// Waits until the output has been copied to the end.
+    pub fn finish(self) {
+        let _ = self.thread.join();
+    }
+}
+
 /// Copies the container's output to our stdout until every process holding the
 /// terminal's other end is gone (the read then fails with EIO).
-pub fn copy_output(master: &OwnedFd) -> io::Result<JoinHandle<()>> {
-    let mut from = File::from(master.try_clone()?);
-    std::thread::Builder::new()
-        .name("strata-pty-out".into())
-        .spawn(move || {
-            let mut buf = [0u8; 16384];
-            let mut out = io::stdout().lock();
-            while let Ok(n) = from.read(&mut buf) {
-                if n == 0 || out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
-                    break;
-                }
-            }
-        })
+fn copy_output(master: &OwnedFd) {
+    let Ok(dup) = master.try_clone() else { return };
+    let mut from = File::from(dup);
+    let mut buf = [0u8; 16384];
+    let mut out = io::stdout().lock();
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+            break;
+        }
+    }
 }
 
 /// Copies our stdin into the container's terminal, for `-i`. Not joined: it may sit
 /// in a read of our stdin when the container ends.
-pub fn copy_input(master: &OwnedFd) -> io::Result<()> {
+fn copy_input(master: &OwnedFd) -> io::Result<()> {
     let mut to = File::from(master.try_clone()?);
     std::thread::Builder::new()
         .name("strata-pty-in".into())

@@ -5,6 +5,7 @@
 
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -37,15 +38,15 @@ pub fn handled_signals() -> SigSet {
     set
 }
 
-pub struct Supervisor<'a> {
+pub struct Supervisor {
     pub child: Pid,
     /// Where the child writes the container's pid (4 bytes, native order).
     pub from_child: Option<OwnedFd>,
     pub stop_timeout: Duration,
-    pub pty_master: Option<&'a OwnedFd>,
+    pub pty_master: Option<Arc<OnceLock<OwnedFd>>>,
 }
 
-impl Supervisor<'_> {
+impl Supervisor {
     /// Waits for the child, forwarding signals meanwhile; its exit code.
     pub fn wait(mut self) -> std::io::Result<i32> {
         let signals = SignalFd::with_flags(&handled_signals(), SfdFlags::SFD_CLOEXEC)?;
@@ -100,7 +101,7 @@ impl Supervisor<'_> {
         match signal {
             Signal::SIGCHLD => {}
             Signal::SIGWINCH => {
-                if let Some(master) = self.pty_master {
+                if let Some(master) = self.pty_master.as_ref().and_then(|m| m.get()) {
                     super::pty::copy_window_size(master);
                 }
             }
