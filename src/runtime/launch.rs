@@ -46,12 +46,25 @@ pub fn run(store: &Store, image: &ImageRecord, options: &RunOptions) -> Result<i
     let diff_ids: Vec<_> = image.layers.iter().map(|l| l.diff_id.clone()).collect();
     let _held = (store.hold_image(&image.id)?, store.hold_layers(&diff_ids)?);
     let container = ContainerDir::create(store)?;
-    let prepared = match prepare(store, image, options, container) {
-        Ok(p) => p,
-        Err((e, container)) => {
+    let (spec, mapping, files, keep_id) = match prepare(store, image, options, &container) {
+        Ok(parts) => parts,
+        Err(e) => {
             container.remove();
             return Err(e);
         }
+    };
+    let upper = (!options.read_only).then(|| UpperDirs {
+        upper: container.upper(),
+        work: container.work(),
+        volatile: options.volatile,
+    });
+    let prepared = Prepared {
+        spec,
+        mapping,
+        container,
+        files,
+        upper,
+        keep_id,
     };
     if let Some(notice) = &prepared.mapping.notice {
         eprintln!("strata: notice: {notice}");
@@ -101,32 +114,6 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), RunError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RunError::start("pipe"))
 }
 
-fn prepare(
-    store: &Store,
-    image: &ImageRecord,
-    options: &RunOptions,
-    container: ContainerDir,
-) -> Result<Prepared, (RunError, ContainerDir)> {
-    match prepare_in(store, image, options, &container) {
-        Ok((spec, mapping, files, keep_id)) => {
-            let upper = (!options.read_only).then(|| UpperDirs {
-                upper: container.upper(),
-                work: container.work(),
-                volatile: options.volatile,
-            });
-            Ok(Prepared {
-                spec,
-                mapping,
-                container,
-                files,
-                upper,
-                keep_id,
-            })
-        }
-        Err(e) => Err((e, container)),
-    }
-}
-
 type PreparedParts = (
     ContainerSpec,
     MappingPlan,
@@ -134,7 +121,7 @@ type PreparedParts = (
     Option<KeepIdUser>,
 );
 
-fn prepare_in(
+fn prepare(
     store: &Store,
     image: &ImageRecord,
     options: &RunOptions,

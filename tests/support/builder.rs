@@ -498,6 +498,9 @@ pub struct Image {
     pub manifest_override: Option<Vec<u8>>,
     /// Leave the config blob out.
     pub omit_config: bool,
+    /// The config's `config` object (Env, Cmd, Entrypoint, ...), when not the
+    /// default `{"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"]}`.
+    pub run_config: Option<serde_json::Value>,
 }
 
 /// What was written, with the digests a test checks against.
@@ -540,7 +543,9 @@ impl Image {
         let mut config = serde_json::json!({
             "architecture": host_arch(),
             "os": "linux",
-            "config": { "Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"] },
+            "config": self.run_config.clone().unwrap_or_else(
+                || serde_json::json!({ "Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"] })
+            ),
             "rootfs": { "type": "layers", "diff_ids": diff_ids },
             "history": [],
         });
