@@ -21,7 +21,9 @@ packages=(
     uidmap           # newuidmap/newgidmap for subuid ranges
     fuse3            # fusermount3, /etc/fuse.conf
     fuse-overlayfs   # the FUSE union fs rootless podman uses: compared against
+    bubblewrap charliecloud-runtime  # bwrap and ch-run: container start compared against
     util-linux       # setpriv, unshare
+    bsdutils         # script(1): tests/run.rs gives strata run -t a terminal
     zstd
     bc               # scripts/bench-import.sh
     docker-registry apache2-utils openssl  # a loopback registry (htpasswd, certs) for tests/registry.rs

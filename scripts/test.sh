@@ -14,11 +14,12 @@ fi
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 # The side-by-side comparisons with fuse-overlayfs and kernel overlayfs (read side,
-# then write side), on a small synthetic image, so the scripts never rot: their
+# then write side) and of container start with bwrap and ch-run, on a small synthetic image, so the scripts never rot: their
 # timings are printed, never asserted (bench-write's checks of each step do fail).
 cargo build --release --quiet
 STRATA_BENCH_USER=strata-test bash scripts/bench-lower.sh --quick
 STRATA_BENCH_USER=strata-test bash scripts/bench-write.sh --quick
+STRATA_BENCH_USER=strata-test bash scripts/bench-run.sh --quick
 # Unit and integration tests, and every criterion bench once in test mode. Last, so
 # that the test runner's summary closes the output.
 cargo test --all-targets
