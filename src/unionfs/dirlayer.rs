@@ -8,7 +8,8 @@
 //! (`trusted.overlay.opaque`, `user.overlay.opaque`, `user.fuseoverlayfs.opaque`)
 //! make a directory opaque, and `user.containers.override_stat` gives the owner and
 //! mode. Each directory is opened beneath its layer's root without following
-//! symlinks. Sockets are left out: a layer index has no kind for them.
+//! symlinks. Sockets are left out (a layer index has no kind for them), though like
+//! any non-directory they hide the name in the layers below.
 //!
 //! Link counts are the lower's own, as kernel overlayfs and fuse-overlayfs report
 //! them: a file's is its st_nlink in its layer (names of it hidden by a layer above
