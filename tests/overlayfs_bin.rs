@@ -881,6 +881,144 @@ wait_gone "$1"
 }
 
 // ---------------------------------------------------------------------------------
+// Directories read as they are used
+
+const DEEP: &str = "d1/d2/d3/d4/d5/d6/d7/d8/d9/d10/d11/d12";
+
+/// Bottom first: a deep tree; one file with names in three directories (one deep),
+/// another whose second name a whiteout above hides; a directory whited out and
+/// made again above; an opaque directory over older children.
+fn lazy_layers() -> Vec<Vec<Entry>> {
+    let bottom = vec![
+        Entry::file(format!("{DEEP}/leaf"), "deep leaf"),
+        Entry::file("x/a/one", "one node, three names"),
+        Entry::hardlink("y/b/two", "x/a/one"),
+        Entry::hardlink(format!("{DEEP}/three"), "x/a/one"),
+        Entry::file("g/kept", "its other name is whited out"),
+        Entry::hardlink("h/hidden", "g/kept"),
+        Entry::file("w/gone/f", "under a whiteout"),
+        Entry::file("o/sub/old", "under an opaque dir"),
+        Entry::file("o/keep", "beside it"),
+    ];
+    let middle = vec![
+        Entry::whiteout("h/hidden"),
+        Entry::whiteout("w/gone"),
+        Entry::dir("o/sub"),
+        Entry::opaque("o/sub"),
+        Entry::file("o/sub/new", "in the opaque dir"),
+        Entry::file("d1/d2/d3/mid", "in the middle of the deep tree"),
+    ];
+    let top = vec![
+        Entry::file("w/gone/again", "a directory again above its whiteout"),
+        Entry::file(format!("{DEEP}/top"), "top"),
+    ];
+    vec![bottom, middle, top]
+}
+
+/// strata-overlayfs reads each lower directory when it is first used: whether a
+/// tree is walked from the root or its deep names are looked up first, it shows
+/// what kernel overlayfs shows, hardlinks across directories read at different
+/// times and their link counts included. (Not compared with fuse-overlayfs here:
+/// 1.10 counts only the names of a hardlinked lower file it has looked up.)
+#[test]
+fn directories_read_as_used_show_what_kernel_overlayfs_shows() {
+    let env = TestEnv::new("ovlbin-lazy");
+    let layers = lazy_layers();
+    let lowers = Lowers::prepare(&env, &layers, "ovlbinlazy:v1");
+    run(
+        &env,
+        &lowers,
+        &format!(
+            r#"
+look kernel kernel.jsonl
+look strata strata.jsonl
+m="$W/by-name"
+omount "$m"
+cat "$m/{DEEP}/three" > /dev/null
+stat -c %i "$m/y/b/two" "$m/x/a/one" "$m/{DEEP}/three" > "$W/inodes.txt"
+stat -c %h "$m/g/kept" > "$W/kept-nlink.txt"
+walk "$m" > "$W/strata-by-name.jsonl"
+umount "$m"
+"#
+        ),
+    );
+    let kernel = walked(&env, "kernel.jsonl");
+    assert!(kernel.contains_key(&format!("{DEEP}/three")) && kernel.contains_key("w/gone/again"));
+    assert!(!kernel.contains_key("w/gone/f") && !kernel.contains_key("o/sub/old"));
+    assert_same(
+        &env,
+        "strata.jsonl",
+        "kernel.jsonl",
+        "strata-overlayfs walked",
+    );
+    assert_same(
+        &env,
+        "strata-by-name.jsonl",
+        "kernel.jsonl",
+        "strata-overlayfs looked up by name, then walked",
+    );
+    let inodes = fs::read_to_string(env.path("inodes.txt")).unwrap();
+    let inodes: Vec<&str> = inodes.lines().collect();
+    assert!(
+        inodes.len() == 3 && inodes.iter().all(|i| *i == inodes[0]),
+        "the three names of one lower file are not one inode: {inodes:?}"
+    );
+    // As kernel overlayfs: the lower's own count, the whited-out name included.
+    assert_eq!(
+        fs::read_to_string(env.path("kept-nlink.txt")).unwrap(),
+        "2\n"
+    );
+}
+
+/// Mounting reads no lower directory but the roots: one that the namespace may not
+/// read warns (and shows empty) when it is first used, not when the lowers mount.
+#[test]
+fn an_unreadable_lower_directory_warns_when_used_not_at_mount() {
+    if !is_root() {
+        eprintln!("skipped: only root can make a directory the test user's namespace cannot read");
+        return;
+    }
+    let (env, lowers) = setup("ovlbin-lazy-locked");
+    // Owned by the real root, which the test user's namespace does not map: its root
+    // has no right to override the modes.
+    let extra = env.path("extra");
+    fs::create_dir_all(extra.join("locked")).unwrap();
+    fs::write(extra.join("locked/secret"), "s").unwrap();
+    fs::create_dir_all(extra.join("open")).unwrap();
+    fs::write(extra.join("open/f"), "readable\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(extra.join("locked"), fs::Permissions::from_mode(0o700)).unwrap();
+    run(
+        &env,
+        &lowers,
+        r#"
+mkdir -p "$W/m"
+"$OVL" -f -o "lowerdir=$W/extra:$LOWERS" "$W/m" 2> "$W/daemon.err" & PID=$!
+wait_mounted "$W/m"
+cat "$W/m/open/f" "$W/m/top-only" > "$W/read.txt"
+ls -d "$W/m/locked" > /dev/null
+cp "$W/daemon.err" "$W/before.txt"
+ls -A "$W/m/locked" > "$W/locked.txt"
+cp "$W/daemon.err" "$W/after.txt"
+rw_down "$W/m"
+"#,
+    );
+    let read = |n: &str| fs::read_to_string(env.path(n)).unwrap();
+    assert_eq!(read("read.txt"), "readable\ntop");
+    assert_eq!(
+        read("before.txt"),
+        "",
+        "the mount (or a lookup of the directory itself) read the locked directory"
+    );
+    assert_eq!(read("locked.txt"), "");
+    let after = read("after.txt");
+    assert!(
+        after.contains("warning") && after.contains("locked") && after.contains("shows empty"),
+        "no warning when the locked directory was listed: {after:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------
 // A deep stack
 
 /// 100 layers, bottom first: layer i adds `fI`, `d/fI` and replaces `common`; every

@@ -1,123 +1,260 @@
-//! A plain directory as a lower layer, for strata-overlayfs: its tree, in overlay
-//! format, read once into the entries of a layer index. The union of directory
-//! lowers is then the same flattened view, served by the same filesystem, as an
-//! image's: the union has one code path and its lower view two sources.
+//! A plain directory as a lower layer, for strata-overlayfs: the lower directories
+//! are read one merged directory at a time, the first time the union needs it, into
+//! entries of the same flattened view an image's layers give (see `lower`): the
+//! union has one code path and its lower view two sources.
 //!
 //! Read as kernel overlayfs and fuse-overlayfs read lowers: char 0/0 devices and
 //! `.wh.NAME` files are whiteouts, `.wh..wh..opq` and the opaque xattrs
 //! (`trusted.overlay.opaque`, `user.overlay.opaque`, `user.fuseoverlayfs.opaque`)
 //! make a directory opaque, and `user.containers.override_stat` gives the owner and
-//! mode. Every directory is opened beneath its parent's descriptor without following
-//! symlinks. Sockets are left out: a layer index has no kind for them.
+//! mode. Each directory is opened beneath its layer's root without following
+//! symlinks. Sockets are left out (a layer index has no kind for them), though like
+//! any non-directory they hide the name in the layers below.
+//!
+//! Link counts are the lower's own, as kernel overlayfs and fuse-overlayfs report
+//! them: a file's is its st_nlink in its layer (names of it hidden by a layer above
+//! still count: the other names are not known until their directories are read); a
+//! directory of one layer says its st_nlink, a directory merged from several says 1
+//! ("not counted", as kernel overlayfs says of merged directories).
 
-use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode, SFlag};
 
 use super::upper::{UpperEntry, UpperError, read_overlay_dir};
-use crate::image::layer::{EntryKind, Metadata};
-use crate::store::layer_index::{FLAG_OPAQUE, IndexEntry, LayerIndex, encode};
+use super::view::FlatEntry;
+use crate::image::layer::{EntryKind, Metadata, split_last};
+use crate::store::fsutil::open_beneath;
+use crate::store::layer_index::IndexEntry;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read the lower directory {dir}: {reason}")]
 pub struct DirLayerError {
     pub dir: PathBuf,
     pub reason: String,
+    /// What a request that needed it is told.
+    pub errno: Errno,
 }
 
-/// Indexes the lower directory `root` (named `name` in errors).
-pub fn index_dir(root: OwnedFd, root_name: &Path) -> Result<LayerIndex, DirLayerError> {
-    let fail = |reason: String| DirLayerError {
-        dir: root_name.to_path_buf(),
-        reason,
-    };
-    let root_stat = nix::sys::stat::fstat(&root).map_err(|e| fail(e.desc().into()))?;
-    let mut entries = vec![entry(Vec::new(), &root_stat, None, Vec::new(), Vec::new())];
-    let mut groups: HashMap<u64, u32> = HashMap::new();
-    let mut pending: Vec<(OwnedFd, Vec<u8>, usize)> = vec![(root, Vec::new(), 0)];
-    while let Some((dir, path, at)) = pending.pop() {
-        let (children, opaque) = match read_overlay_dir(&dir, &path, true) {
-            Ok(read) => read,
-            // As fuse-overlayfs would fail only when that directory is used, one
-            // directory we may not read does not fail the mount: it shows empty,
-            // and we say so.
-            Err(e) if e.errno() == Some(nix::errno::Errno::EACCES) && !path.is_empty() => {
-                eprintln!(
-                    "strata-overlayfs: warning: {}: {}; it shows empty",
-                    root_name.display(),
-                    upper_reason(&e)
-                );
+/// One name of a merged lower directory.
+#[derive(Debug)]
+pub struct MergedChild {
+    /// The entry that shows (its path the full path), and the layer holding it.
+    pub flat: FlatEntry,
+    /// For a directory: the layers, top first, whose directories of this name merge
+    /// into it (where its own children will be read from).
+    pub dir_layers: Box<[u16]>,
+    /// For a non-directory with other names in its layer: its st_dev and st_ino
+    /// there, which all its names share.
+    pub link: Option<(u64, u64)>,
+}
+
+/// A name while the layers are merged, top layer first.
+#[derive(Default)]
+struct Merging {
+    /// The topmost layer's node of this name; None while no layer had one, and for
+    /// good when a whiteout came first.
+    top: Option<MergedChild>,
+    dir_layers: Vec<u16>,
+    /// No layer further down counts for this name: a whiteout, a non-directory or
+    /// an opaque directory was met.
+    closed: bool,
+}
+
+/// The lower directories of one mount, bottom first, and their names for messages.
+pub struct DirLayers<'a> {
+    pub trees: &'a [OwnedFd],
+    pub names: &'a [PathBuf],
+}
+
+impl DirLayers<'_> {
+    /// The root of the union: the top layer's root directory, over all the layers.
+    pub fn root(&self) -> Result<MergedChild, DirLayerError> {
+        let top = self
+            .trees
+            .len()
+            .checked_sub(1)
+            .ok_or_else(|| DirLayerError {
+                dir: PathBuf::new(),
+                reason: "no lower directory".into(),
+                errno: Errno::EINVAL,
+            })?;
+        let stat = nix::sys::stat::fstat(&self.trees[top])
+            .map_err(|e| self.fail(top as u16, e.desc().into(), e))?;
+        let dir_layers: Box<[u16]> = (0..self.trees.len() as u16).rev().collect();
+        Ok(MergedChild {
+            flat: FlatEntry {
+                entry: entry(Vec::new(), &stat, None, Vec::new(), Vec::new()),
+                layer: top,
+                nlink: if dir_layers.len() > 1 {
+                    1
+                } else {
+                    stat.st_nlink as u32
+                },
+            },
+            dir_layers,
+            link: None,
+        })
+    }
+
+    /// The children of the merged directory `path` (its full path, "" for the
+    /// root), read from `layers` (top first), sorted by name. A layer's directory
+    /// that we may not read shows empty, with a warning, as one that fuse-overlayfs
+    /// would fail on only when it is used.
+    pub fn read_merged(
+        &self,
+        path: &[u8],
+        layers: &[u16],
+    ) -> Result<Vec<MergedChild>, DirLayerError> {
+        let mut names: BTreeMap<Vec<u8>, Merging> = BTreeMap::new();
+        for &layer in layers {
+            let Some((dir, children, opaque)) = self.read_one(layer, path)? else {
                 continue;
+            };
+            for child in children {
+                self.merge(&mut names, layer, &dir, path, child)?;
             }
-            Err(e) => return Err(fail(upper_reason(&e))),
-        };
-        if opaque && !path.is_empty() {
-            entries[at].flags |= FLAG_OPAQUE;
+            // The root's opaque mark means nothing: there is nothing beneath it.
+            if opaque && !path.is_empty() {
+                break;
+            }
         }
-        for child in children {
-            match child {
-                UpperEntry::Whiteout { name } => {
-                    let mut e = entry(join(&path, &name), &root_stat, None, Vec::new(), Vec::new());
-                    e.kind = EntryKind::Whiteout;
-                    e.meta = Metadata::default();
-                    entries.push(e);
+        Ok(names
+            .into_values()
+            .filter_map(|m| {
+                let mut child = m.top?;
+                child.dir_layers = m.dir_layers.into_boxed_slice();
+                if child.flat.entry.kind == EntryKind::Dir && child.dir_layers.len() > 1 {
+                    child.flat.nlink = 1;
                 }
-                UpperEntry::Node {
-                    name,
-                    stat,
-                    over,
-                    xattrs,
-                    ..
-                } => {
-                    let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
-                    if kind == SFlag::S_IFSOCK {
-                        continue;
-                    }
-                    let target = if kind == SFlag::S_IFLNK {
-                        nix::fcntl::readlinkat(&dir, name.as_slice())
-                            .map_err(|e| {
-                                fail(format!("readlink {}: {e}", show(&join(&path, &name))))
-                            })?
-                            .into_encoded_bytes()
-                    } else {
-                        Vec::new()
-                    };
-                    let child_path = join(&path, &name);
-                    let mut e = entry(child_path.clone(), &stat, over, xattrs, target);
-                    if kind != SFlag::S_IFDIR && stat.st_nlink > 1 {
-                        let next = groups.len() as u32 + 1;
-                        e.hardlink_group = *groups.entry(stat.st_ino).or_insert(next);
-                    }
-                    entries.push(e);
-                    if kind == SFlag::S_IFDIR {
-                        let sub = nix::fcntl::openat(
-                            &dir,
-                            name.as_slice(),
-                            OFlag::O_RDONLY
-                                | OFlag::O_DIRECTORY
-                                | OFlag::O_NOFOLLOW
-                                | OFlag::O_CLOEXEC,
-                            Mode::empty(),
-                        );
-                        match sub {
-                            Ok(sub) => pending.push((sub, child_path, entries.len() - 1)),
-                            Err(nix::errno::Errno::EACCES) => eprintln!(
-                                "strata-overlayfs: warning: {}: cannot open {}: permission denied; it shows empty",
-                                root_name.display(),
-                                show(&child_path)
-                            ),
-                            Err(e) => return Err(fail(format!("open {}: {e}", show(&child_path)))),
-                        }
-                    }
-                }
+                Some(child)
+            })
+            .collect())
+    }
+
+    /// Layer `layer`'s directory `path`, open, its entries and whether it is
+    /// opaque; None when we may not read it (said on stderr).
+    fn read_one(
+        &self,
+        layer: u16,
+        path: &[u8],
+    ) -> Result<Option<(OwnedFd, Vec<UpperEntry>, bool)>, DirLayerError> {
+        let tree = &self.trees[layer as usize];
+        let dir = match open_beneath(tree.as_fd(), path, OFlag::O_RDONLY | OFlag::O_DIRECTORY) {
+            Ok(dir) => dir,
+            Err(Errno::EACCES) => {
+                self.warn(
+                    layer,
+                    &format!("cannot open {}: permission denied", show(path)),
+                );
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(self.fail(layer, format!("open {}: {}", show(path), e.desc()), e));
+            }
+        };
+        match read_overlay_dir(&dir, path, true) {
+            Ok((children, opaque)) => Ok(Some((dir, children, opaque))),
+            Err(e) if e.errno() == Some(Errno::EACCES) => {
+                self.warn(layer, &upper_reason(&e));
+                Ok(None)
+            }
+            Err(e) => {
+                let errno = e.errno().unwrap_or(Errno::EIO);
+                Err(self.fail(layer, upper_reason(&e), errno))
             }
         }
     }
-    let bytes = encode(&entries).map_err(|e| fail(e.to_string()))?;
-    LayerIndex::from_bytes(bytes).map_err(fail)
+
+    /// Adds what layer `layer` says of one name to what the layers above said.
+    fn merge(
+        &self,
+        names: &mut BTreeMap<Vec<u8>, Merging>,
+        layer: u16,
+        dir: &OwnedFd,
+        dir_path: &[u8],
+        child: UpperEntry,
+    ) -> Result<(), DirLayerError> {
+        let (name, stat, over, xattrs, opaque) = match child {
+            UpperEntry::Whiteout { name } => {
+                names.entry(name).or_default().closed = true;
+                return Ok(());
+            }
+            UpperEntry::Node {
+                name,
+                stat,
+                over,
+                xattrs,
+                opaque,
+                ..
+            } => (name, stat, over, xattrs, opaque),
+        };
+        let child_path = join(dir_path, &name);
+        let m = names.entry(name).or_default();
+        if m.closed {
+            return Ok(());
+        }
+        let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
+        let is_dir = kind == SFlag::S_IFDIR;
+        match &m.top {
+            None if kind == SFlag::S_IFSOCK => {}
+            None => {
+                let target = if kind == SFlag::S_IFLNK {
+                    let name = split_last(&child_path).1;
+                    nix::fcntl::readlinkat(dir, name)
+                        .map_err(|e| {
+                            let what = format!("readlink {}: {}", show(&child_path), e.desc());
+                            self.fail(layer, what, e)
+                        })?
+                        .into_encoded_bytes()
+                } else {
+                    Vec::new()
+                };
+                let links = stat.st_nlink;
+                m.top = Some(MergedChild {
+                    flat: FlatEntry {
+                        entry: entry(child_path, &stat, over, xattrs, target),
+                        layer: layer as usize,
+                        nlink: u32::try_from(links).unwrap_or(u32::MAX).max(1),
+                    },
+                    dir_layers: Box::default(),
+                    link: (!is_dir && links > 1).then_some((stat.st_dev, stat.st_ino)),
+                });
+            }
+            // Below a directory, only directories of the same name merge into it.
+            Some(top) if top.flat.entry.kind == EntryKind::Dir && is_dir => {}
+            Some(_) => {
+                m.closed = true;
+                return Ok(());
+            }
+        }
+        if is_dir {
+            m.dir_layers.push(layer);
+        }
+        // A non-directory hides the name below it; so does an opaque directory
+        // (its own name still shows, from here).
+        m.closed = !is_dir || opaque;
+        Ok(())
+    }
+
+    fn warn(&self, layer: u16, what: &str) {
+        eprintln!(
+            "strata-overlayfs: warning: {}: {what}; it shows empty",
+            self.names[layer as usize].display()
+        );
+    }
+
+    fn fail(&self, layer: u16, reason: String, errno: Errno) -> DirLayerError {
+        DirLayerError {
+            dir: self.names[layer as usize].clone(),
+            reason,
+            errno,
+        }
+    }
 }
 
 fn upper_reason(e: &UpperError) -> String {
@@ -139,7 +276,9 @@ fn show(path: &[u8]) -> String {
     String::from_utf8_lossy(path).into_owned()
 }
 
-fn entry(
+/// The entry of a node at `path` whose lstat is `st`, with the owner and mode of
+/// its override (when it has one).
+pub fn entry(
     path: Vec<u8>,
     st: &FileStat,
     over: Option<super::upper::OverrideStat>,
@@ -194,5 +333,6 @@ pub fn open_lower(path: &Path) -> Result<OwnedFd, DirLayerError> {
     .map_err(|e| DirLayerError {
         dir: path.to_path_buf(),
         reason: e.desc().to_string(),
+        errno: e,
     })
 }

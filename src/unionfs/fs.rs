@@ -114,13 +114,20 @@ enum Resolved {
     Found(u64),
     Absent,
     NeedScan,
+    /// The lower directory could not be read.
+    Failed(Errno),
 }
 
 impl UnionFs {
     /// Serves `view` read-only; its layer `i` has its files under `trees[i]`.
     pub fn new(view: View, trees: Vec<OwnedFd>, uids: IdMap, gids: IdMap) -> UnionFs {
+        UnionFs::over(Lower::new(view, trees, uids, gids))
+    }
+
+    /// Serves `lower` read-only.
+    pub fn over(lower: Lower) -> UnionFs {
         UnionFs {
-            lower: Lower::new(view, trees, uids, gids),
+            lower,
             writable: None,
             zero_message_open: false,
             zero_message_opendir: false,
@@ -236,9 +243,13 @@ impl UnionFs {
     }
 
     fn lower_child(&self, dir: Option<usize>, name: &[u8]) -> Resolved {
-        match dir.and_then(|d| self.lower.lookup_child(d, name)) {
-            Some(pos) => Resolved::Found(self.lower.inode(pos)),
-            None => Resolved::Absent,
+        let Some(dir) = dir else {
+            return Resolved::Absent;
+        };
+        match self.lower.lookup_child(dir, name) {
+            Ok(Some(pos)) => Resolved::Found(self.lower.inode(pos)),
+            Ok(None) => Resolved::Absent,
+            Err(e) => Resolved::Failed(e),
         }
     }
 
@@ -248,6 +259,7 @@ impl UnionFs {
             match self.resolve_in(Some(st), dir, name) {
                 Resolved::Found(ino) => return Ok(Some(ino)),
                 Resolved::Absent => return Ok(None),
+                Resolved::Failed(e) => return Err(e),
                 Resolved::NeedScan => self.scan_dir(st, dir)?,
             }
         }
@@ -260,6 +272,7 @@ impl UnionFs {
             match self.resolve_in(st.as_deref(), dir, name) {
                 Resolved::Found(ino) => return Ok(Some(ino)),
                 Resolved::Absent => return Ok(None),
+                Resolved::Failed(e) => return Err(e),
                 Resolved::NeedScan => {}
             }
         }
@@ -292,7 +305,8 @@ impl UnionFs {
                     over,
                     ..
                 } => {
-                    let (ino, lower) = self.identify(&ds, &name, &stat, origin.as_deref(), opaque);
+                    let (ino, lower) =
+                        self.identify(&ds, &name, &stat, origin.as_deref(), opaque)?;
                     let ino = ino.unwrap_or_else(|| st.upper_born_ino(stat.st_ino, false));
                     let node = st.nodes.entry(ino).or_insert_with(|| Node {
                         kind: stat_kind(&stat),
@@ -326,22 +340,26 @@ impl UnionFs {
         stat: &FileStat,
         origin: Option<&[u8]>,
         opaque: bool,
-    ) -> (Option<u64>, Option<usize>) {
+    ) -> Res<(Option<u64>, Option<usize>)> {
         let is_dir = stat_kind(stat) == FileType::Directory;
-        let same_name = parent
-            .lower
-            .and_then(|d| self.lower.lookup_child(d, name))
-            .filter(|&p| is_dir && self.lower.kind(p) == EntryKind::Dir);
-        let from_origin = origin.and_then(|o| self.lower.view.index.search(o).ok());
+        let same_name = match parent.lower {
+            Some(d) if is_dir => self.lower.lookup_child(d, name)?,
+            _ => None,
+        }
+        .filter(|&p| self.lower.kind(p) == EntryKind::Dir);
+        let from_origin = match origin {
+            Some(o) => self.lower.find_path(o)?,
+            None => None,
+        };
         let merged = if opaque { None } else { same_name };
-        match (from_origin, same_name) {
+        Ok(match (from_origin, same_name) {
             (Some(pos), _) => (
                 Some(self.lower.inode(pos)),
                 if is_dir { merged } else { Some(pos) },
             ),
             (None, Some(pos)) if !opaque => (Some(self.lower.inode(pos)), Some(pos)),
             _ => (None, None),
-        }
+        })
     }
 
     /// A node's path in the upper ("" for the root), if it still has a name.
@@ -422,7 +440,7 @@ impl UnionFs {
                     && attr.kind != FileType::Directory
                     && let Some(st) = st
                 {
-                    attr.nlink = self.visible_name_count(st, ino, pos);
+                    attr.nlink = self.visible_name_count(st, ino, pos, attr.nlink);
                 }
                 Ok(attr)
             }
@@ -438,21 +456,24 @@ impl UnionFs {
         st.dirs.get(&dir)?.lower.map(|_| 1)
     }
 
-    /// How many names of a lower hardlink group still show it.
-    fn visible_name_count(&self, st: &State, ino: u64, pos: usize) -> u32 {
-        let shown = self
+    /// How many names of a lower hardlink group still show it: its lower link count
+    /// less the names the upper removed or replaced. (An image's count is its
+    /// visible names, all known; plain lowers' is the lower's st_nlink, and a name
+    /// in a directory not yet read cannot have been removed.)
+    fn visible_name_count(&self, st: &State, ino: u64, pos: usize, nlink: u32) -> u32 {
+        let gone = self
             .lower
             .names_of(pos)
             .into_iter()
             .filter(|&p| {
                 let dir = self.lower.parent_inode(p);
-                matches!(
+                !matches!(
                     self.resolve_in(Some(st), dir, self.lower.name(p)),
                     Resolved::Found(i) if i == ino
                 )
             })
             .count();
-        shown.max(1) as u32
+        nlink.saturating_sub(gone as u32).max(1)
     }
 
     fn upper_attr(&self, ino: u64, st: &FileStat, over: Option<&OverrideStat>) -> FileAttr {
@@ -500,16 +521,12 @@ impl UnionFs {
             }
         }
         if let Some(lp) = lower_dir {
-            for &child in self.lower.children_of(lp) {
-                let name = self.lower.name(child as usize);
+            for child in self.lower.children_of(lp)? {
+                let name = self.lower.name(child);
                 if ds.is_some_and(|d| d.entries.contains_key(name)) {
                     continue;
                 }
-                out.push((
-                    cookie(name),
-                    self.lower.inode(child as usize),
-                    name.to_vec(),
-                ));
+                out.push((cookie(name), self.lower.inode(child), name.to_vec()));
             }
         }
         out.sort_unstable();
@@ -759,7 +776,7 @@ impl UnionFs {
         self.ensure_upper_dir(st, dir)?;
         let path = self.child_path(st, dir, &name)?;
         let meta = self.lower.node_meta(pos);
-        let entry = self.lower.view.index.entry(pos);
+        let entry = self.lower.entry(pos);
         // A symlink has nowhere to record an override.
         let over = match entry.kind() {
             EntryKind::Symlink => {
@@ -926,12 +943,11 @@ impl UnionFs {
     }
 
     /// Whether the lower shows `name` in `dir` (so deleting it needs a whiteout).
-    fn lower_has(&self, st: &State, dir: u64, name: &[u8]) -> bool {
-        st.dirs
-            .get(&dir)
-            .and_then(|d| d.lower)
-            .and_then(|lp| self.lower.lookup_child(lp, name))
-            .is_some()
+    fn lower_has(&self, st: &State, dir: u64, name: &[u8]) -> Res<bool> {
+        match st.dirs.get(&dir).and_then(|d| d.lower) {
+            Some(lp) => Ok(self.lower.lookup_child(lp, name)?.is_some()),
+            None => Ok(false),
+        }
     }
 
     /// Whether the upper holds a whiteout for `name` in `dir`.
@@ -994,7 +1010,7 @@ impl UnionFs {
         }
         self.ensure_upper_dir(&mut st, parent)?;
         let path = self.child_path(&st, parent, name)?;
-        let lower_has = self.lower_has(&st, parent, name);
+        let lower_has = self.lower_has(&st, parent, name)?;
         if Self::upper_has(&st, parent, name) {
             self.keep_data_if_last(&mut st, ino, &path);
             w.upper.remove(&path, lower_has).map_err(errno)?;
@@ -1107,7 +1123,7 @@ impl UnionFs {
             let y = y.expect("checked above");
             for (ino, is_dir, at, lands) in [(x, x_dir, &from_path, to), (y, y_dir, &to_path, from)]
             {
-                if is_dir && self.lower_has(&st, lands.0, lands.1) {
+                if is_dir && self.lower_has(&st, lands.0, lands.1)? {
                     w.upper.set_opaque(at).map_err(errno)?;
                     if let Some(ds) = st.dirs.get_mut(&ino) {
                         ds.set_lower(None);
@@ -1138,8 +1154,8 @@ impl UnionFs {
             }
             return Ok(());
         }
-        let src_lower = self.lower_has(&st, from.0, from.1);
-        let dst_lower = self.lower_has(&st, to.0, to.1);
+        let src_lower = self.lower_has(&st, from.0, from.1)?;
+        let dst_lower = self.lower_has(&st, to.0, to.1)?;
         let dst_whiteout = Self::whited_out(&st, to.0, to.1);
         if let Some(y) = y
             && Self::upper_has(&st, to.0, to.1)
@@ -1710,7 +1726,7 @@ impl Filesystem for UnionFs {
         }
         match self.lower_pos_of(st.as_deref(), ino.0) {
             Ok(p) if self.lower.kind(p) == EntryKind::Symlink => {
-                reply.data(self.lower.view.index.entry(p).symlink_target())
+                reply.data(self.lower.entry(p).symlink_target())
             }
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(e),

@@ -1,10 +1,12 @@
-//! strata's FUSE union filesystem. `view` flattens a chain of immutable layers once;
-//! `lower` serves that view; `upper` is the writable layer on disk and `merge` what
+//! strata's FUSE union filesystem. `view` flattens a chain of immutable layers once
+//! (or `dirlayer`, a directory of plain lowers at a time, as it is used); `lower`
+//! serves that view; `upper` is the writable layer on disk and `merge` what
 //! the filesystem keeps in memory of it; `fs` answers the kernel; `mount` puts it on
 //! a directory.
 
 pub mod dirlayer;
 pub mod fs;
+pub mod grow;
 pub mod idmap;
 pub mod lower;
 pub mod merge;

@@ -21,6 +21,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use super::UnionError;
 use super::fs::UnionFs;
 use super::idmap::IdMap;
+use super::lower::Lower;
 use super::upper::Upper;
 use super::view::View;
 use crate::store::{ImageRecord, Store};
@@ -122,28 +123,30 @@ pub fn image_fs(
 }
 
 /// The union of plain lower directories (`lowers` top first, as fuse-overlayfs and
-/// kernel overlayfs take them), read-only, or writable with `upper` over them.
+/// kernel overlayfs take them), read-only, or writable with `upper` over them. Only
+/// the lowers' roots are opened here: their directories are read as they are used.
 pub fn dirs_fs(lowers: &[PathBuf], upper: Option<&UpperDirs>) -> Result<UnionFs, UnionError> {
+    if lowers.len() > usize::from(u16::MAX) {
+        return Err(UnionError::LowerDir(super::dirlayer::DirLayerError {
+            dir: lowers[0].clone(),
+            reason: format!("{} lower directories, at most {}", lowers.len(), u16::MAX),
+            errno: nix::errno::Errno::EINVAL,
+        }));
+    }
     let volatile = upper.is_some_and(|u| u.volatile);
     let upper = upper.map(UpperDirs::open).transpose()?;
-    let mut trees = Vec::with_capacity(lowers.len());
-    let mut layers = Vec::with_capacity(lowers.len());
-    for dir in lowers.iter().rev() {
-        let fd = super::dirlayer::open_lower(dir)?;
-        let for_index = fd.try_clone().map_err(|e| UnionError::Layer {
-            path: dir.clone(),
-            source: e,
-        })?;
-        layers.push(super::dirlayer::index_dir(for_index, dir)?);
-        trees.push(fd);
-    }
-    let view = View::from_layers(&layers)?;
-    let fs = UnionFs::new(
-        view,
+    let names: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
+    let trees = names
+        .iter()
+        .map(|dir| super::dirlayer::open_lower(dir))
+        .collect::<Result<Vec<_>, _>>()?;
+    let lower = Lower::of_dirs(
         trees,
+        names,
         IdMap::of_current("uid_map"),
         IdMap::of_current("gid_map"),
-    );
+    )?;
+    let fs = UnionFs::over(lower);
     Ok(match upper {
         Some(upper) => fs.with_upper(upper, volatile),
         None => fs,

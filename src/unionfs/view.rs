@@ -75,13 +75,9 @@ impl View {
         View::from_flat(flat)
     }
 
-    /// The view of layers already in memory (bottom first), not cached: the lowers of
-    /// strata-overlayfs, read from plain directories.
-    pub fn from_layers(layers: &[LayerIndex]) -> Result<View, StoreError> {
-        View::from_flat(flatten(layers))
-    }
-
-    fn from_flat(flat: Vec<FlatEntry>) -> Result<View, StoreError> {
+    /// The view of entries already flattened, in path order, not cached: a
+    /// directory of strata-overlayfs's plain lowers, merged as it was read.
+    pub fn from_flat(flat: Vec<FlatEntry>) -> Result<View, StoreError> {
         let layer_and_nlink = flat.iter().map(|f| (f.layer as u32, f.nlink)).collect();
         let entries: Vec<IndexEntry> = flat.into_iter().map(|f| f.entry).collect();
         let index = LayerIndex::from_bytes(layer_index::encode(&entries)?).map_err(|reason| {
