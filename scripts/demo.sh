@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command: set up this machine, build strata, make the default
 # image (busybox, built here from Debian's busybox-static), and, as an unprivileged
-# user, import it, list it, and mount it with strata's union filesystem.
+# user, import it, list it, and run a container of it: strata's union filesystem as
+# its root, in user, mount, pid, uts and ipc namespaces of the user's own.
 #
 #   sudo scripts/demo.sh
 set -euo pipefail
@@ -34,9 +35,11 @@ install -d -m 0755 "$work"
 as_user python3 "$bindir/make-default-image.py" "$work/busybox-oci"
 as_user env STRATA_ROOT="$work/store" "$bindir/strata" import "oci:$work/busybox-oci:latest" busybox:latest
 as_user env STRATA_ROOT="$work/store" "$bindir/strata" images
-# The image through strata's FUSE union filesystem, in a user and mount namespace of
-# the user's own (the mount goes with it): its busybox runs from the mount.
-as_user env STRATA_ROOT="$work/store" unshare -Urm sh -c "
-    mkdir -p '$work/mnt' && '$bindir/strata' mount busybox '$work/mnt' &&
-    ls -l '$work/mnt/bin/busybox' && '$work/mnt/bin/busybox' echo 'busybox ran from the strata mount' &&
-    '$bindir/strata' umount '$work/mnt'"
+# A real container: the command is pid 1, root inside is the user outside (with
+# its subordinate ids from /etc/subuid), and its writes go to a layer of its own
+# that is removed when it exits.
+as_user env STRATA_ROOT="$work/store" "$bindir/strata" run --hostname demo busybox:latest sh -c '
+    echo "hello from $(hostname): I am $(id -un), pid $$, in a container of strata"
+    echo "my processes:"; ps
+    echo "my root:"; mount | head -n 1
+    echo changed > /etc/motd && echo "wrote /etc/motd into my own writable layer"'
