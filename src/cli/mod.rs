@@ -70,18 +70,9 @@ pub fn run() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
         }
     };
-    if let Command::Run(args) = cli.command {
-        // The container's own exit code comes back; strata's failures are 125.
-        return match open_store(cli.root).and_then(|store| run::run(&store, args)) {
-            Ok(code) => code,
-            Err(err) => {
-                eprintln!("strata: error: {}", describe(&err));
-                strata::runtime::EXIT_RUNTIME
-            }
-        };
-    }
     let result = match cli.command {
-        Command::Run(_) => unreachable!("handled above"),
+        // The container's exit code comes back, not one of ours.
+        Command::Run(args) => return run_container(cli.root, args),
         Command::Import(args) => open_store(cli.root).and_then(|store| import::run(&store, args)),
         Command::Pull(args) => open_store(cli.root).and_then(|store| pull::run(&store, args)),
         Command::Push(args) => open_store(cli.root).and_then(|store| push::run(&store, args)),
@@ -101,6 +92,17 @@ pub fn run() -> i32 {
         Err(err) => {
             eprintln!("strata: error: {}", describe(&err));
             exit_code(&err)
+        }
+    }
+}
+
+/// `strata run`: the container's own exit code, or 125 for a failure of strata's.
+fn run_container(root: Option<PathBuf>, args: run::Args) -> i32 {
+    match open_store(root).and_then(|store| run::run(&store, args)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("strata: error: {}", describe(&err));
+            strata::runtime::EXIT_RUNTIME
         }
     }
 }

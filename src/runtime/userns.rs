@@ -7,7 +7,7 @@
 //! expect files to come out owned by them); `single` forces one id.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 use nix::unistd::Pid;
 
@@ -65,18 +65,29 @@ fn find_helper(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The map for `mode`, for the caller `uid`/`gid` named `name`.
+/// The map for `mode`, for the caller `uid`/`gid` named `name`, from this
+/// machine's /etc/subuid, /etc/subgid and newuidmap/newgidmap.
 pub fn plan(mode: UsernsMode, uid: u32, gid: u32, name: &str) -> MappingPlan {
     let read = |f: &str, id: u32| {
         std::fs::read_to_string(f)
             .ok()
             .and_then(|t| subid_range(&t, name, id))
     };
-    let ranges = match mode {
-        UsernsMode::Single => None,
-        _ => read("/etc/subuid", uid).zip(read("/etc/subgid", uid)),
-    };
+    let ranges = read("/etc/subuid", uid).zip(read("/etc/subgid", uid));
     let helpers = find_helper("newuidmap").zip(find_helper("newgidmap"));
+    plan_with(mode, (uid, gid), name, ranges, helpers)
+}
+
+/// The map for `mode` given the caller's subordinate ranges (uid, gid) and the
+/// helpers found.
+fn plan_with(
+    mode: UsernsMode,
+    (uid, gid): (u32, u32),
+    name: &str,
+    ranges: Option<((u32, u32), (u32, u32))>,
+    helpers: Option<(PathBuf, PathBuf)>,
+) -> MappingPlan {
+    let ranges = ranges.filter(|_| mode != UsernsMode::Single);
     let keep = mode == UsernsMode::KeepId;
     let (uid_inside, gid_inside) = if keep { (uid, gid) } else { (0, 0) };
     match (ranges, helpers) {
@@ -88,13 +99,11 @@ pub fn plan(mode: UsernsMode, uid: u32, gid: u32, name: &str) -> MappingPlan {
             gid_inside,
             notice: None,
         },
-        (ranges, helpers) => {
+        (ranges, _) => {
             let why = if ranges.is_none() {
                 format!("no subordinate id range for {name} in /etc/subuid and /etc/subgid")
-            } else if helpers.is_none() {
-                "newuidmap/newgidmap are not installed (Debian package uidmap)".to_string()
             } else {
-                String::new()
+                "newuidmap/newgidmap are not installed (Debian package uidmap)".to_string()
             };
             MappingPlan {
                 uids: vec![IdRange {
@@ -149,8 +158,11 @@ fn with_range(own: u32, inside: u32, (start, count): (u32, u32)) -> Vec<IdRange>
 pub fn write_maps(pid: Pid, plan: &MappingPlan) -> Result<(), RunError> {
     match &plan.helpers {
         Some((newuidmap, newgidmap)) => {
-            run_helper(newuidmap, pid, &plan.uids)?;
-            run_helper(newgidmap, pid, &plan.gids)
+            // Both at once: each is a setuid program's start, about a millisecond.
+            let uids = start_helper(newuidmap, pid, &plan.uids)?;
+            let gids = start_helper(newgidmap, pid, &plan.gids);
+            let uids = finish_helper(newuidmap, uids);
+            finish_helper(newgidmap, gids?).and(uids)
         }
         None => {
             let proc = PathBuf::from(format!("/proc/{pid}"));
@@ -175,15 +187,23 @@ fn map_text(ranges: &[IdRange]) -> String {
         .collect()
 }
 
-fn run_helper(helper: &Path, pid: Pid, ranges: &[IdRange]) -> Result<(), RunError> {
+fn start_helper(helper: &Path, pid: Pid, ranges: &[IdRange]) -> Result<Child, RunError> {
     let mut cmd = Command::new(helper);
     cmd.arg(pid.to_string());
     for r in ranges {
         cmd.args([r.inside, r.outside, r.count].map(|n| n.to_string()));
     }
-    let out = cmd
-        .output()
-        .map_err(|e| RunError::UserNamespace(format!("cannot run {}: {e}", helper.display())))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| RunError::UserNamespace(format!("cannot run {}: {e}", helper.display())))
+}
+
+fn finish_helper(helper: &Path, child: Child) -> Result<(), RunError> {
+    let out = child.wait_with_output().map_err(|e| {
+        RunError::UserNamespace(format!("cannot wait for {}: {e}", helper.display()))
+    })?;
     if out.status.success() {
         return Ok(());
     }
@@ -240,6 +260,63 @@ mod tests {
         assert_eq!(subid_range(text, "alice", 1000), Some((100000, 65536)));
         assert_eq!(subid_range(text, "carol", 1001), Some((300000, 1000)));
         assert_eq!(subid_range(text, "bob", 7), None);
+    }
+
+    #[test]
+    fn plans_fall_back_to_one_id_with_a_notice() {
+        let helpers = Some((PathBuf::from("/u"), PathBuf::from("/g")));
+        let ranges = Some(((100000, 65536), (100000, 65536)));
+        let full = plan_with(
+            UsernsMode::Auto,
+            (1000, 1000),
+            "al",
+            ranges,
+            helpers.clone(),
+        );
+        assert_eq!(full.uids.len(), 2);
+        assert!(full.helpers.is_some() && full.notice.is_none());
+        let none = plan_with(UsernsMode::Auto, (1000, 1000), "al", None, helpers.clone());
+        assert_eq!(
+            none.uids,
+            vec![IdRange {
+                inside: 0,
+                outside: 1000,
+                count: 1
+            }]
+        );
+        assert!(none.helpers.is_none());
+        assert!(
+            none.notice
+                .unwrap()
+                .contains("no subordinate id range for al")
+        );
+        let no_helpers = plan_with(UsernsMode::Auto, (1000, 1000), "al", ranges, None);
+        assert!(
+            no_helpers
+                .notice
+                .unwrap()
+                .contains("newuidmap/newgidmap are not installed")
+        );
+        // Asked for: no notice.
+        let single = plan_with(
+            UsernsMode::Single,
+            (1000, 1000),
+            "al",
+            ranges,
+            helpers.clone(),
+        );
+        assert!(single.helpers.is_none() && single.notice.is_none());
+        let keep = plan_with(UsernsMode::KeepId, (1000, 1000), "al", None, helpers);
+        assert_eq!(
+            keep.uids,
+            vec![IdRange {
+                inside: 1000,
+                outside: 1000,
+                count: 1
+            }]
+        );
+        assert_eq!((keep.uid_inside, keep.gid_inside), (1000, 1000));
+        assert!(keep.notice.is_none());
     }
 
     #[test]
