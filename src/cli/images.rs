@@ -101,7 +101,7 @@ pub(super) fn human_size(bytes: u64) -> String {
     format!("{number} {}", UNITS[unit])
 }
 
-fn ago(seconds: i64) -> String {
+pub fn ago(seconds: i64) -> String {
     let s = seconds.max(0);
     let (n, unit) = match s {
         0..60 => (s, "second"),

@@ -7,11 +7,14 @@ mod inspect;
 mod login;
 mod mount;
 mod progress;
+mod ps;
 mod pull;
 mod push;
+mod rm;
 mod rmi;
 mod run;
 mod save;
+mod start;
 mod tag;
 
 use std::path::PathBuf;
@@ -58,6 +61,9 @@ enum Command {
     Gc(gc::Args),
     Save(save::Args),
     Run(run::Args),
+    Start(start::Args),
+    Ps(ps::Args),
+    Rm(rm::Args),
     Mount(mount::Args),
     Umount(mount::UmountArgs),
 }
@@ -72,7 +78,10 @@ pub fn run() -> i32 {
     };
     let result = match cli.command {
         // The container's exit code comes back, not one of ours.
-        Command::Run(args) => return run_container(cli.root, args),
+        Command::Run(args) => return run_container(cli.root, |s| run::run(s, args)),
+        Command::Start(args) => return run_container(cli.root, |s| start::run(s, args)),
+        Command::Ps(args) => open_store(cli.root).and_then(|store| ps::run(&store, args)),
+        Command::Rm(args) => open_store(cli.root).and_then(|store| rm::run(&store, args)),
         Command::Import(args) => open_store(cli.root).and_then(|store| import::run(&store, args)),
         Command::Pull(args) => open_store(cli.root).and_then(|store| pull::run(&store, args)),
         Command::Push(args) => open_store(cli.root).and_then(|store| push::run(&store, args)),
@@ -96,9 +105,13 @@ pub fn run() -> i32 {
     }
 }
 
-/// `strata run`: the container's own exit code, or 125 for a failure of strata's.
-fn run_container(root: Option<PathBuf>, args: run::Args) -> i32 {
-    match open_store(root).and_then(|store| run::run(&store, args)) {
+/// `strata run` and `start`: the container's own exit code, or 125 for a failure of
+/// strata's.
+fn run_container(
+    root: Option<PathBuf>,
+    command: impl FnOnce(&Store) -> anyhow::Result<i32>,
+) -> i32 {
+    match open_store(root).and_then(|store| command(&store)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("strata: error: {}", describe(&err));

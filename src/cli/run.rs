@@ -12,8 +12,12 @@ use strata::store::Store;
 #[derive(Debug, clap::Args)]
 #[command(trailing_var_arg = true)]
 pub struct Args {
-    /// Remove the container when it exits (the default: named containers come later)
-    #[arg(long, default_value_t = true)]
+    /// Keep the container under this name when it exits (its writable layer, command
+    /// and options), for `strata start`, `commit`, `rm`
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    name: Option<String>,
+    /// Remove the container when it exits (the default without --name)
+    #[arg(long)]
     rm: bool,
     /// Set an environment variable: NAME=VALUE, or NAME for your own value
     #[arg(short, long = "env", value_name = "NAME[=VALUE]")]
@@ -87,6 +91,8 @@ enum UsernsArg {
 pub fn run(store: &Store, args: Args) -> anyhow::Result<i32> {
     let image = store.images().load()?.find(&args.image)?.clone();
     let options = RunOptions {
+        remove: args.rm || args.name.is_none(),
+        name: args.name,
         command: args.command,
         entrypoint: args.entrypoint,
         env: args.env,
@@ -111,7 +117,24 @@ pub fn run(store: &Store, args: Args) -> anyhow::Result<i32> {
         cap_drop: args.cap_drop,
         init: args.init,
         stop_timeout: Duration::from_secs(args.stop_timeout),
-        volatile: args.rm,
     };
-    Ok(strata::runtime::run(store, &image, &options)?)
+    Ok(strata::runtime::run(store, &image, &args.image, &options)?)
+}
+
+/// Container names as podman takes them: a letter or digit, then letters, digits,
+/// `_`, `.` and `-`; not 64 hex digits (an ID).
+fn parse_name(name: &str) -> Result<String, String> {
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && !(name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit()));
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err("a name is a letter or digit, then letters, digits, '_', '.' or '-'".into())
+    }
 }

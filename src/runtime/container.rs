@@ -1,14 +1,16 @@
-//! A container's directory in the store: `containers/<id>/` with its writable layer
-//! (`upper`, `work`), the directory its root is mounted on (`rootfs`) and the files
-//! strata binds into it (hosts, hostname, resolv.conf). `locks/container-<id>.lock`
-//! is held for the container's whole life by every process of strata that serves
-//! it, so a directory whose lock is free belongs to a container that is gone.
+//! A container's directory in the store: `containers/<id>/` with its record (see
+//! store::containers), its writable layer (`upper`, `work`), the directory its root
+//! is mounted on (`rootfs`) and the files strata binds into it (hosts, hostname,
+//! resolv.conf). `locks/container-<id>.lock` is held for the container's whole
+//! life by every process of strata that serves it, so a directory whose lock is
+//! free belongs to a container that is not running.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::RunError;
 use crate::store::Store;
+use crate::store::containers::ContainerRecord;
 use crate::store::lock::FileLock;
 
 #[derive(Debug)]
@@ -19,39 +21,48 @@ pub struct ContainerDir {
     _lock: FileLock,
 }
 
-pub fn containers_dir(store: &Store) -> PathBuf {
-    store.root().join("containers")
-}
-
-fn lock_path(store: &Store, id: &str) -> PathBuf {
-    store.locks_dir().join(format!("container-{id}.lock"))
-}
-
 fn new_id() -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+fn failed(path: &Path) -> impl FnOnce(std::io::Error) -> RunError {
+    let path = path.to_path_buf();
+    move |source| RunError::ContainerDir { path, source }
+}
+
 impl ContainerDir {
     /// A new container directory, locked before it exists so that no sweep of
     /// another strata can take it for a leftover.
     pub fn create(store: &Store) -> Result<ContainerDir, RunError> {
-        let fail = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RunError::ContainerDir { path, source }
-        };
-        let id = new_id().map_err(fail(Path::new("/dev/urandom")))?;
-        let lock_file = lock_path(store, &id);
-        std::fs::create_dir_all(store.locks_dir()).map_err(fail(&store.locks_dir()))?;
-        let lock = FileLock::exclusive(&lock_file).map_err(fail(&lock_file))?;
-        let dir = containers_dir(store).join(&id);
+        let id = new_id().map_err(failed(Path::new("/dev/urandom")))?;
+        let lock_file = store.container_lock_path(&id);
+        std::fs::create_dir_all(store.locks_dir()).map_err(failed(&store.locks_dir()))?;
+        let lock = FileLock::exclusive(&lock_file).map_err(failed(&lock_file))?;
+        let dir = store.container_dir(&id);
         for sub in ["upper", "work", "rootfs"] {
-            std::fs::create_dir_all(dir.join(sub)).map_err(fail(&dir))?;
+            std::fs::create_dir_all(dir.join(sub)).map_err(failed(&dir))?;
         }
         Ok(ContainerDir {
             id,
             dir,
+            lock_file,
+            _lock: lock,
+        })
+    }
+
+    /// A kept container's directory, to run it again; refused while it runs.
+    pub fn open(store: &Store, record: &ContainerRecord) -> Result<ContainerDir, RunError> {
+        let lock_file = store.container_lock_path(&record.id);
+        let lock = FileLock::try_exclusive(&lock_file)
+            .map_err(failed(&lock_file))?
+            .ok_or_else(|| RunError::Running {
+                name: record.name.clone().unwrap_or_else(|| record.id.clone()),
+            })?;
+        Ok(ContainerDir {
+            id: record.id.clone(),
+            dir: store.container_dir(&record.id),
             lock_file,
             _lock: lock,
         })
@@ -85,17 +96,12 @@ impl ContainerDir {
 
     pub fn write_file(&self, name: &str, text: &str) -> Result<PathBuf, RunError> {
         let path = self.file(name);
-        std::fs::write(&path, text).map_err(|source| RunError::ContainerDir {
-            path: path.clone(),
-            source,
-        })?;
+        std::fs::write(&path, text).map_err(failed(&path))?;
         Ok(path)
     }
 }
 
-/// Removes a container directory. Inside the container's user namespace this can
-/// remove files its processes made under other ids of the subordinate range; outside
-/// it the caller may lack the right, and the directory is left for the next sweep.
+/// Removes a container directory (gone already is fine).
 pub fn remove(dir: &Path) -> std::io::Result<()> {
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -103,11 +109,12 @@ pub fn remove(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Removes the directories of containers whose strata is gone (killed before it
-/// could clean up). Runs inside a new container's user namespace, where the ids of
-/// their files are mapped the same way.
+/// Removes the directories of `--rm` containers whose strata is gone (killed
+/// before it could clean up), and of containers whose record was never written.
+/// Runs inside a new container's user namespace, where the ids of their files are
+/// mapped the same way. Kept containers are left alone.
 pub fn sweep_stale(store: &Store, except: &str) {
-    let Ok(entries) = std::fs::read_dir(containers_dir(store)) else {
+    let Ok(entries) = std::fs::read_dir(store.containers_dir()) else {
         return;
     };
     for entry in entries.flatten() {
@@ -116,10 +123,15 @@ pub fn sweep_stale(store: &Store, except: &str) {
         if id == except || id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             continue;
         }
-        let lock_file = lock_path(store, id);
-        if let Ok(Some(_held)) = FileLock::try_exclusive(&lock_file)
-            && remove(&entry.path()).is_ok()
-        {
+        let lock_file = store.container_lock_path(id);
+        let Ok(Some(_held)) = FileLock::try_exclusive(&lock_file) else {
+            continue;
+        };
+        let kept = std::fs::read(entry.path().join("container.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ContainerRecord>(&b).ok())
+            .is_some_and(|r| !r.remove_on_exit);
+        if !kept && remove(&entry.path()).is_ok() {
             let _ = std::fs::remove_file(&lock_file);
         }
     }

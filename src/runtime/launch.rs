@@ -1,18 +1,18 @@
-//! `run`: from an image and options to the container's exit code. This file holds
-//! the two processes of strata itself: the caller's (which stays outside, writes the
-//! id maps and supervises) and the child that serves the union filesystem inside
-//! the new user and mount namespaces.
+//! `run` and `start`: from a container to its exit code. This file holds the two
+//! processes of strata itself: the caller's (which stays outside, writes the id
+//! maps and supervises) and the child that serves the union filesystem inside the
+//! new user and mount namespaces.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
-use nix::sys::signal::Signal;
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::Pid;
 
 use super::container::{self, ContainerDir};
 use super::process::{self, KeepIdUser, ProcessPlan};
@@ -22,7 +22,9 @@ use super::supervise::{Supervisor, handled_signals};
 use super::sys::fork_into_new_pid_namespace;
 use super::userns::{self, MappingPlan, UsernsMode};
 use super::{EXIT_RUNTIME, RunError, exit_code_of};
+use crate::store::containers::{ContainerRecord, ExitRecord};
 use crate::store::export::load;
+use crate::store::lock::FileLock;
 use crate::store::{ImageRecord, Store};
 use crate::unionfs::mount::{UpperDirs, image_fs, mount};
 
@@ -34,107 +36,127 @@ struct Prepared {
     files: Vec<(PathBuf, &'static str)>,
     upper: Option<UpperDirs>,
     keep_id: Option<KeepIdUser>,
+    remove_on_exit: bool,
 }
 
-/// Runs `image` as `options` say and returns the container's exit code (or 128+N
-/// when signal N ended it). Errors are strata's own, found before the container
-/// started; failures after that are reported by the container's processes and come
-/// back as 125, 126 or 127.
-pub fn run(store: &Store, image: &ImageRecord, options: &RunOptions) -> Result<i32, RunError> {
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `strata run`: a new container of `image` (named by the user `image_asked`), run
+/// as `options` say. Returns the container's exit code (or 128+N when signal N
+/// ended it). Errors are strata's own, found before the container started;
+/// failures after that are reported by the container's processes and come back
+/// as 125, 126 or 127.
+pub fn run(
+    store: &Store,
+    image: &ImageRecord,
+    image_asked: &str,
+    options: &RunOptions,
+) -> Result<i32, RunError> {
     // Hold the image from here on, so rmi cannot take it between our look and the
     // child's mount (which holds it again, for as long as it serves).
-    let diff_ids: Vec<_> = image.layers.iter().map(|l| l.diff_id.clone()).collect();
-    let _held = (store.hold_image(&image.id)?, store.hold_layers(&diff_ids)?);
+    let _held = hold(store, image)?;
     let container = ContainerDir::create(store)?;
-    let (spec, mapping, files, keep_id) = match prepare(store, image, options, &container) {
-        Ok(parts) => parts,
+    let made = (|| {
+        let spec = resolve_spec(store, image, options, &container.id)?;
+        let record = ContainerRecord {
+            id: container.id.clone(),
+            name: options.name.clone(),
+            image: image.clone(),
+            image_asked: image_asked.to_string(),
+            command: spec.argv.clone(),
+            created: now(),
+            remove_on_exit: options.remove,
+            options: serde_json::to_value(options).expect("run options serialize"),
+        };
+        store.add_container(&record)?;
+        Ok(spec)
+    })();
+    match made {
+        Ok(spec) => start_in(store, container, image, spec, options),
         Err(e) => {
             container.remove();
-            return Err(e);
-        }
-    };
-    let upper = (!options.read_only).then(|| UpperDirs {
-        upper: container.upper(),
-        work: container.work(),
-        volatile: options.volatile,
-    });
-    let prepared = Prepared {
-        spec,
-        mapping,
-        container,
-        files,
-        upper,
-        keep_id,
-    };
-    if let Some(notice) = &prepared.mapping.notice {
-        eprintln!("strata: notice: {notice}");
-    }
-    let console = match prepared.spec.tty {
-        true => Some(ConsoleSocket::new().map_err(RunError::start("open a socket pair"))?),
-        false => None,
-    };
-    let (from_child_r, from_child_w) = pipe()?;
-    let (to_child_r, to_child_w) = pipe()?;
-    handled_signals()
-        .thread_block()
-        .map_err(RunError::start("block signals"))?;
-    let parent = nix::unistd::getpid();
-    // SAFETY: no thread exists yet in this process (the terminal's start after the
-    // fork, in the parent), so the child is a complete single-threaded copy.
-    match unsafe { nix::unistd::fork() }.map_err(RunError::start("fork"))? {
-        ForkResult::Child => {
-            drop((from_child_r, to_child_w));
-            let console = console.map(|c| c.child);
-            let code = serve_container(
-                store,
-                image,
-                &prepared,
-                parent,
-                from_child_w,
-                to_child_r,
-                console,
-            );
-            // SAFETY: leave without running the parent's destructors (its locks and
-            // directories are the parent's to release).
-            unsafe { libc::_exit(code) }
-        }
-        ForkResult::Parent { child } => {
-            drop((from_child_w, to_child_r));
-            let console = console.map(|c| c.parent);
-            let code = supervise(child, &prepared, from_child_r, to_child_w, console);
-            // The child removes the container directory from inside the user
-            // namespace; this catches a child that died before it could.
-            prepared.container.remove();
-            code
+            Err(e)
         }
     }
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), RunError> {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RunError::start("pipe"))
+/// `strata start`: a kept container again, on its writable layer, with the command
+/// and options it was made with.
+pub fn start(store: &Store, record: &ContainerRecord) -> Result<i32, RunError> {
+    let options: RunOptions =
+        serde_json::from_value(record.options.clone()).map_err(|e| RunError::BadRecord {
+            id: record.id.clone(),
+            reason: e.to_string(),
+        })?;
+    let _held = hold(store, &record.image)?;
+    let container = ContainerDir::open(store, record)?;
+    let spec = resolve_spec(store, &record.image, &options, &record.id)?;
+    start_in(store, container, &record.image, spec, &options)
 }
 
-type PreparedParts = (
-    ContainerSpec,
-    MappingPlan,
-    Vec<(PathBuf, &'static str)>,
-    Option<KeepIdUser>,
-);
+fn hold(store: &Store, image: &ImageRecord) -> Result<(FileLock, Vec<FileLock>), RunError> {
+    let diff_ids: Vec<_> = image.layers.iter().map(|l| l.diff_id.clone()).collect();
+    Ok((store.hold_image(&image.id)?, store.hold_layers(&diff_ids)?))
+}
 
-fn prepare(
+fn resolve_spec(
     store: &Store,
     image: &ImageRecord,
     options: &RunOptions,
-    container: &ContainerDir,
-) -> Result<PreparedParts, RunError> {
+    id: &str,
+) -> Result<ContainerSpec, RunError> {
     let resolved = load(store, image)?;
     let hostname = options
         .hostname
         .clone()
-        .unwrap_or_else(|| container.id[..12].to_string());
+        .unwrap_or_else(|| id[..12].to_string());
     let mut spec = ContainerSpec::resolve(&resolved.config, options, hostname, |k| {
         std::env::var(k).ok()
     })?;
+    if options.userns == UsernsMode::KeepId && options.user.is_none() {
+        spec.user = format!("{}:{}", nix::unistd::getuid(), nix::unistd::getgid());
+    }
+    Ok(spec)
+}
+
+fn start_in(
+    store: &Store,
+    container: ContainerDir,
+    image: &ImageRecord,
+    spec: ContainerSpec,
+    options: &RunOptions,
+) -> Result<i32, RunError> {
+    let prepared = match prepare(container, spec, options) {
+        Ok(p) => p,
+        Err(failed) => {
+            let (e, container) = *failed;
+            if options.remove {
+                container.remove();
+            }
+            return Err(e);
+        }
+    };
+    if let Some(notice) = &prepared.mapping.notice {
+        eprintln!("strata: notice: {notice}");
+    }
+    let result = fork_and_supervise(store, image, &prepared);
+    if prepared.remove_on_exit {
+        // The child removes the directory from inside the user namespace; this
+        // catches a child that died before it could.
+        prepared.container.remove();
+    }
+    result
+}
+
+fn prepare(
+    container: ContainerDir,
+    spec: ContainerSpec,
+    options: &RunOptions,
+) -> Result<Prepared, Box<(RunError, ContainerDir)>> {
     let uid = nix::unistd::getuid();
     let gid = nix::unistd::getgid();
     let me = nix::unistd::User::from_uid(uid).ok().flatten();
@@ -145,16 +167,30 @@ fn prepare(
     let keep_id = (options.userns == UsernsMode::KeepId).then(|| KeepIdUser {
         uid: uid.as_raw(),
         gid: gid.as_raw(),
-        name: name.clone(),
+        name,
         home: me
             .as_ref()
             .map_or_else(|| "/".into(), |u| u.dir.to_string_lossy().into_owned()),
     });
-    if keep_id.is_some() && options.user.is_none() {
-        spec.user = format!("{uid}:{gid}");
-    }
-    let files = host_files(container, &spec)?;
-    Ok((spec, mapping, files, keep_id))
+    let files = match host_files(&container, &spec) {
+        Ok(f) => f,
+        Err(e) => return Err(Box::new((e, container))),
+    };
+    let upper = (!options.read_only).then(|| UpperDirs {
+        upper: container.upper(),
+        work: container.work(),
+        // A container thrown away at exit needs no copy-up to survive a power cut.
+        volatile: options.remove,
+    });
+    Ok(Prepared {
+        spec,
+        mapping,
+        container,
+        files,
+        upper,
+        keep_id,
+        remove_on_exit: options.remove,
+    })
 }
 
 /// /etc/hostname, /etc/hosts and (sharing the host's network) /etc/resolv.conf,
@@ -191,30 +227,51 @@ fn host_files(
     Ok(files)
 }
 
-/// The caller's side: id maps, then supervision until the child ends.
+/// Forks the child that serves the container, then supervises it to its end.
+fn fork_and_supervise(
+    store: &Store,
+    image: &ImageRecord,
+    prepared: &Prepared,
+) -> Result<i32, RunError> {
+    let console = match prepared.spec.tty {
+        true => Some(ConsoleSocket::new().map_err(RunError::start("open a socket pair"))?),
+        false => None,
+    };
+    let (pid_r, pid_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RunError::start("pipe"))?;
+    handled_signals()
+        .thread_block()
+        .map_err(RunError::start("block signals"))?;
+    let (child_console, console) = match console {
+        Some(c) => (Some(c.child), Some(c.parent)),
+        None => (None, None),
+    };
+    // SAFETY: no thread exists yet in this process (the terminal's start after the
+    // fork, in the parent). The closure, and with it `pid_w`, is dropped in the
+    // parent, which keeps only the read end.
+    let child = unsafe {
+        userns::spawn_in_user_namespace(&prepared.mapping, CloneFlags::CLONE_NEWNS, || {
+            // The parent's ends (pid_r, console) are close-on-exec: the container's
+            // process closes them, and this child ends with the container.
+            match serve_container(store, image, prepared, pid_w, child_console) {
+                Ok(code) => code,
+                Err(message) => {
+                    eprintln!("strata: error: {message}");
+                    EXIT_RUNTIME
+                }
+            }
+        })
+    };
+    supervise(child?, prepared, pid_r, console)
+}
+
+/// The caller's side, once the child runs: the terminal, then supervision until
+/// the child ends.
 fn supervise(
     child: Pid,
     prepared: &Prepared,
-    from_child: OwnedFd,
-    to_child: OwnedFd,
+    pid_from_child: OwnedFd,
     console: Option<OwnedFd>,
 ) -> Result<i32, RunError> {
-    let mut from_child = std::fs::File::from(from_child);
-    let mut unshared = [0u8; 1];
-    if from_child.read_exact(&mut unshared).is_err() {
-        // The child failed before its namespaces existed, and said why.
-        return Ok(wait_for(child));
-    }
-    if let Err(e) = userns::write_maps(child, &prepared.mapping) {
-        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-        wait_for(child);
-        return Err(e);
-    }
-    let mut to_child = std::fs::File::from(to_child);
-    if to_child.write_all(&[1]).is_err() {
-        return Ok(wait_for(child));
-    }
-    drop(to_child);
     // Raw mode only when our own stdin is a terminal that feeds the container's.
     let _raw = (console.is_some() && prepared.spec.interactive).then(RawMode::enter);
     let terminal = console
@@ -226,7 +283,7 @@ fn supervise(
         })?;
     let code = Supervisor {
         child,
-        from_child: Some(from_child.into()),
+        from_child: Some(pid_from_child),
         stop_timeout: prepared.spec.stop_timeout,
         pty_master: terminal.as_ref().map(|t| Arc::clone(&t.master)),
     }
@@ -255,63 +312,17 @@ fn wait_for(child: Pid) -> i32 {
     }
 }
 
-/// The child: namespaces, the mount, the container's first process, then serving
-/// the filesystem until that process ends. Returns the exit code.
+/// The child, in the new user and mount namespaces: the mount, the container's
+/// first process, then serving the filesystem until that process ends; then the
+/// container's directory is removed, or its exit recorded. Returns the exit code.
 fn serve_container(
     store: &Store,
     image: &ImageRecord,
     prepared: &Prepared,
-    parent: Pid,
-    to_parent: OwnedFd,
-    from_parent: OwnedFd,
-    console: Option<OwnedFd>,
-) -> i32 {
-    match serve_container_in(
-        store,
-        image,
-        prepared,
-        parent,
-        to_parent,
-        from_parent,
-        console,
-    ) {
-        Ok(code) => code,
-        Err(message) => {
-            eprintln!("strata: error: {message}");
-            EXIT_RUNTIME
-        }
-    }
-}
-
-fn serve_container_in(
-    store: &Store,
-    image: &ImageRecord,
-    prepared: &Prepared,
-    parent: Pid,
-    to_parent: OwnedFd,
-    from_parent: OwnedFd,
+    pid_to_parent: OwnedFd,
     console: Option<OwnedFd>,
 ) -> Result<i32, String> {
     let errno = |what: &'static str| move |e: nix::errno::Errno| format!("{what}: {}", e.desc());
-    // If strata is killed, the container goes with it.
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno("prctl"))?;
-    if nix::unistd::getppid() != parent {
-        return Err("strata ended before the container started".into());
-    }
-    nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
-        .map_err(userns::why_no_user_namespace)?;
-    let mut to_parent = std::fs::File::from(to_parent);
-    to_parent
-        .write_all(&[1])
-        .map_err(|e| format!("tell strata: {e}"))?;
-    let mut mapped = [0u8; 1];
-    if std::fs::File::from(from_parent)
-        .read_exact(&mut mapped)
-        .is_err()
-    {
-        // The parent could not write the id maps; it says why.
-        return Ok(EXIT_RUNTIME);
-    }
     nix::mount::mount(
         None::<&str>,
         "/",
@@ -320,9 +331,9 @@ fn serve_container_in(
         None::<&str>,
     )
     .map_err(errno("make the mounts private"))?;
-    let id = &prepared.container.id;
-    container::sweep_stale(store, id);
-    let rootfs = prepared.container.rootfs();
+    let container = &prepared.container;
+    container::sweep_stale(store, &container.id);
+    let rootfs = container.rootfs();
     let fs = image_fs(store, image, prepared.upper.as_ref()).map_err(|e| e.to_string())?;
     let mounted = mount(fs, &rootfs).map_err(|e| e.to_string())?;
     // SAFETY: still single-threaded: the serving threads start below, after the fork.
@@ -339,6 +350,9 @@ fn serve_container_in(
         }),
         Some(pid) => pid,
     };
+    // For `strata exec` and `strata rm -f`: which process is the container's pid 1.
+    let _ = container.write_file("pid", &format!("{first}\n"));
+    let mut to_parent = std::fs::File::from(pid_to_parent);
     let _ = to_parent.write_all(&first.as_raw().to_ne_bytes());
     // Only the container may hold the terminal: its output ends when it is gone.
     drop((to_parent, console));
@@ -348,12 +362,25 @@ fn serve_container_in(
         .map_err(|e| format!("start serving the filesystem: {e}"))?;
     let code = wait_for(first);
     // Every process of the container is gone with its pid 1: nothing uses the mount.
-    let _ = nix::mount::umount2(&prepared.container.rootfs(), MntFlags::MNT_DETACH);
-    if let Err(e) = container::remove(&prepared.container.dir) {
-        eprintln!(
-            "strata: warning: cannot remove {}: {e}; the next run or `strata gc` will",
-            prepared.container.dir.display()
-        );
+    let _ = nix::mount::umount2(&container.rootfs(), MntFlags::MNT_DETACH);
+    if prepared.remove_on_exit {
+        if let Err(e) = container::remove(&container.dir) {
+            eprintln!(
+                "strata: warning: cannot remove {}: {e}; the next run will",
+                container.dir.display()
+            );
+        }
+    } else {
+        let _ = std::fs::remove_file(container.file("pid"));
+        store
+            .record_exit(
+                &container.id,
+                ExitRecord {
+                    code,
+                    finished: now(),
+                },
+            )
+            .map_err(|e| e.to_string())?;
     }
     Ok(code)
 }

@@ -22,6 +22,7 @@ mod init;
 pub mod launch;
 mod process;
 mod pty;
+pub mod remove;
 mod rootfs;
 pub mod spec;
 mod supervise;
@@ -76,6 +77,12 @@ pub enum RunError {
         #[source]
         source: io::Error,
     },
+
+    #[error("container {name} is running: stop it first (or `strata rm -f` it)")]
+    Running { name: String },
+
+    #[error("the record of container {id} cannot be read ({reason}): remove it with `strata rm`")]
+    BadRecord { id: String, reason: String },
 
     #[error("cannot start the container: {op}: {source}")]
     Start {

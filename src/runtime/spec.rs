@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use super::RunError;
 use super::capabilities::CapabilitySet;
 use super::userns::UsernsMode;
@@ -13,7 +15,8 @@ use crate::image::spec::ImageConfig;
 /// PATH where the image sets none, as podman's.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Network {
     /// The host's network namespace: what HPC jobs need (their interconnects).
     Host,
@@ -21,9 +24,14 @@ pub enum Network {
     None,
 }
 
-/// The caller's options, as `strata run` takes them.
-#[derive(Debug, Clone)]
+/// The caller's options, as `strata run` takes them; kept with a named container
+/// to start it again the same way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunOptions {
+    /// A kept container's name.
+    pub name: Option<String>,
+    /// The container and its writable layer are removed when it exits.
+    pub remove: bool,
     pub command: Vec<String>,
     pub entrypoint: Option<String>,
     /// `K=V`, or `K` to pass the caller's own value.
@@ -43,14 +51,13 @@ pub struct RunOptions {
     pub cap_drop: Vec<String>,
     pub init: bool,
     pub stop_timeout: Duration,
-    /// Copy-ups are not fsynced: the writable layer of a `--rm` container is thrown
-    /// away with it, so a power cut cannot lose anything that was to be kept.
-    pub volatile: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
+            name: None,
+            remove: true,
             command: Vec::new(),
             entrypoint: None,
             env: Vec::new(),
@@ -68,7 +75,6 @@ impl Default for RunOptions {
             cap_drop: Vec::new(),
             init: false,
             stop_timeout: Duration::from_secs(10),
-            volatile: true,
         }
     }
 }

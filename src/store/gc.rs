@@ -85,6 +85,17 @@ pub fn remove_image(store: &Store, wanted: &str, force: bool) -> Result<Removal,
                 image: wanted.to_string(),
             });
         }
+        if !force
+            && let Some(c) = store
+                .containers()?
+                .into_iter()
+                .find(|c| c.image.id == image.id)
+        {
+            return Err(StoreError::ImageUsedByContainer {
+                image: wanted.to_string(),
+                container: c.name.unwrap_or_else(|| c.id[..12].to_string()),
+            });
+        }
         let db = store.images().update(|db| {
             db.remove(&image.id);
             db.clone()
@@ -199,7 +210,11 @@ fn sweep(
     candidates: &Objects,
     work: &Path,
 ) -> Result<Collected, StoreError> {
-    let live = Objects::referenced_by(db);
+    let mut live = Objects::referenced_by(db);
+    // Containers keep what they were made from, even once the image is gone.
+    for image in store.images_of_containers()? {
+        live.add_image(&image);
+    }
     let mut collected = Collected::default();
     for chain in candidates.views.difference(&live.views) {
         let name = format!("view-{}", chain.hex());

@@ -8,13 +8,16 @@
 //! ROOT/views/<chain hex>/  the flattened view of a layer chain (unionfs::view)
 //! ROOT/images/images.json    every image: id, manifest, layers, names
 //! ROOT/tmp/                  work in progress; each item guarded by its own lock
-//! ROOT/locks/                per-layer locks, so one layer is unpacked once
+//! ROOT/locks/                per-layer locks, so one layer is unpacked once, and
+//!                            per-container locks, held while it runs
+//! ROOT/containers/<id>/      a container: its record, writable layer, exit code
 //! ```
 //!
 //! Everything enters through `tmp/` and becomes visible by rename, so a reader sees a
 //! whole object or none, and a killed command leaves only `tmp/` litter that the next
 //! command removes.
 
+pub mod containers;
 pub mod export;
 pub mod fsutil;
 pub mod gc;
@@ -57,6 +60,22 @@ pub enum StoreError {
 
     #[error("image '{name}' not found in the store{hint}")]
     ImageNotFound { name: String, hint: String },
+
+    #[error("no container '{name}' in the store; `strata ps -a` lists them")]
+    ContainerNotFound { name: String },
+
+    #[error("'{prefix}' matches {count} containers; give more characters of the ID")]
+    AmbiguousContainer { prefix: String, count: usize },
+
+    #[error(
+        "the name '{name}' is taken by another container: remove it (`strata rm {name}`) or choose another"
+    )]
+    ContainerNameTaken { name: String },
+
+    #[error(
+        "image '{image}' is used by the container {container}; remove the container first (`strata rm {container}`), or give --force to remove the image's name (its layers stay for the container)"
+    )]
+    ImageUsedByContainer { image: String, container: String },
 
     #[error("'{prefix}' matches {count} images; give more characters of the ID")]
     AmbiguousImage { prefix: String, count: usize },
