@@ -251,6 +251,72 @@ pub fn why_no_user_namespace(errno: nix::errno::Errno) -> String {
     base
 }
 
+/// Forks a child that enters a new user namespace (and the namespaces of
+/// `extra`), waits there until `plan`'s maps are written, then runs `inside` and
+/// exits with its code. Returns the child once it runs `inside`: the caller waits
+/// for it. The child dies with the caller (parent-death signal).
+///
+/// # Safety
+/// As fork: the caller must be single-threaded.
+pub unsafe fn spawn_in_user_namespace(
+    plan: &MappingPlan,
+    extra: nix::sched::CloneFlags,
+    inside: impl FnOnce() -> i32,
+) -> Result<Pid, RunError> {
+    use std::io::{Read, Write};
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(RunError::start("pipe"))
+            .map(|(r, w)| (std::fs::File::from(r), std::fs::File::from(w)))
+    };
+    let (mut from_child, mut to_parent) = pipe()?;
+    let (mut from_parent, mut to_child) = pipe()?;
+    let parent = nix::unistd::getpid();
+    // SAFETY: the caller promises a single-threaded process.
+    match unsafe { nix::unistd::fork() }.map_err(RunError::start("fork"))? {
+        nix::unistd::ForkResult::Child => {
+            drop((from_child, to_child));
+            let code = (|| {
+                let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+                if nix::unistd::getppid() != parent {
+                    return super::EXIT_RUNTIME;
+                }
+                if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER | extra) {
+                    eprintln!("strata: error: {}", why_no_user_namespace(e));
+                    return super::EXIT_RUNTIME;
+                }
+                let mut mapped = [0u8; 1];
+                if to_parent.write_all(&[1]).is_err()
+                    || from_parent.read_exact(&mut mapped).is_err()
+                {
+                    // The parent could not write the maps; it says why.
+                    return super::EXIT_RUNTIME;
+                }
+                drop((to_parent, from_parent));
+                inside()
+            })();
+            // SAFETY: leave without running destructors that belong to the parent.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop((to_parent, from_parent));
+            let mut unshared = [0u8; 1];
+            if from_child.read_exact(&mut unshared).is_err() {
+                // It failed before its namespace existed, and said why: the caller's
+                // wait gets its code.
+                return Ok(child);
+            }
+            if let Err(e) = write_maps(child, plan) {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(child, None);
+                return Err(e);
+            }
+            let _ = to_child.write_all(&[1]);
+            Ok(child)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,71 +409,5 @@ mod tests {
             map_text(&with_range(7, 0, (9, 2))),
             "0 7 1\n1 9 2\n".to_string()
         );
-    }
-}
-
-/// Forks a child that enters a new user namespace (and the namespaces of
-/// `extra`), waits there until `plan`'s maps are written, then runs `inside` and
-/// exits with its code. Returns the child once it runs `inside`: the caller waits
-/// for it. The child dies with the caller (parent-death signal).
-///
-/// # Safety
-/// As fork: the caller must be single-threaded.
-pub unsafe fn spawn_in_user_namespace(
-    plan: &MappingPlan,
-    extra: nix::sched::CloneFlags,
-    inside: impl FnOnce() -> i32,
-) -> Result<Pid, RunError> {
-    use std::io::{Read, Write};
-    let pipe = || {
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(RunError::start("pipe"))
-            .map(|(r, w)| (std::fs::File::from(r), std::fs::File::from(w)))
-    };
-    let (mut from_child, mut to_parent) = pipe()?;
-    let (mut from_parent, mut to_child) = pipe()?;
-    let parent = nix::unistd::getpid();
-    // SAFETY: the caller promises a single-threaded process.
-    match unsafe { nix::unistd::fork() }.map_err(RunError::start("fork"))? {
-        nix::unistd::ForkResult::Child => {
-            drop((from_child, to_child));
-            let code = (|| {
-                let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-                if nix::unistd::getppid() != parent {
-                    return super::EXIT_RUNTIME;
-                }
-                if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER | extra) {
-                    eprintln!("strata: error: {}", why_no_user_namespace(e));
-                    return super::EXIT_RUNTIME;
-                }
-                let mut mapped = [0u8; 1];
-                if to_parent.write_all(&[1]).is_err()
-                    || from_parent.read_exact(&mut mapped).is_err()
-                {
-                    // The parent could not write the maps; it says why.
-                    return super::EXIT_RUNTIME;
-                }
-                drop((to_parent, from_parent));
-                inside()
-            })();
-            // SAFETY: leave without running destructors that belong to the parent.
-            unsafe { libc::_exit(code) }
-        }
-        nix::unistd::ForkResult::Parent { child } => {
-            drop((to_parent, from_parent));
-            let mut unshared = [0u8; 1];
-            if from_child.read_exact(&mut unshared).is_err() {
-                // It failed before its namespace existed, and said why: the caller's
-                // wait gets its code.
-                return Ok(child);
-            }
-            if let Err(e) = write_maps(child, plan) {
-                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(child, None);
-                return Err(e);
-            }
-            let _ = to_child.write_all(&[1]);
-            Ok(child)
-        }
     }
 }
