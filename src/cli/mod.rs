@@ -1,5 +1,6 @@
 //! One file per subcommand; this one holds the shared flags and the exit codes.
 
+mod commit;
 mod gc;
 mod images;
 mod import;
@@ -64,6 +65,7 @@ enum Command {
     Start(start::Args),
     Ps(ps::Args),
     Rm(rm::Args),
+    Commit(commit::Args),
     Mount(mount::Args),
     Umount(mount::UmountArgs),
 }
@@ -82,6 +84,7 @@ pub fn run() -> i32 {
         Command::Start(args) => return run_container(cli.root, |s| start::run(s, args)),
         Command::Ps(args) => open_store(cli.root).and_then(|store| ps::run(&store, args)),
         Command::Rm(args) => open_store(cli.root).and_then(|store| rm::run(&store, args)),
+        Command::Commit(args) => open_store(cli.root).and_then(|store| commit::run(&store, args)),
         Command::Import(args) => open_store(cli.root).and_then(|store| import::run(&store, args)),
         Command::Pull(args) => open_store(cli.root).and_then(|store| pull::run(&store, args)),
         Command::Push(args) => open_store(cli.root).and_then(|store| push::run(&store, args)),

@@ -102,7 +102,7 @@ fn descriptor(media_type: &str, bytes: &[u8]) -> Descriptor {
 }
 
 /// Now, as RFC 3339 UTC (no external time crate needed for one timestamp).
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);

@@ -17,6 +17,7 @@
 //! options (`spec`), so every mistake of the caller is reported before a fork.
 
 pub mod capabilities;
+pub mod commit;
 pub mod container;
 mod init;
 pub mod launch;
@@ -83,6 +84,12 @@ pub enum RunError {
 
     #[error("the record of container {id} cannot be read ({reason}): remove it with `strata rm`")]
     BadRecord { id: String, reason: String },
+
+    #[error("cannot commit: {reason}")]
+    Commit { reason: String },
+
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
 
     #[error("cannot start the container: {op}: {source}")]
     Start {

@@ -102,6 +102,9 @@ fn setup(plan: &ProcessPlan<'_>) -> Result<(Vec<CString>, Option<String>), Strin
     // Changing ids cleared the parent-death signal: set it again.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno("prctl"))?;
     default_signals().map_err(errno("reset the signal handling"))?;
+    // As runc and podman: not the caller's, and not the 0 the filesystem's daemon
+    // (this process's parent) works with.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     super::sys::close_from(3).map_err(|e| format!("close descriptors: {e}"))?;
     let mut argv: Vec<CString> = Vec::with_capacity(spec.argv.len());
     for a in &spec.argv {

@@ -2,6 +2,7 @@
 //!
 //! - `harness`: runs strata (and other tools) as the unprivileged test user when the
 //!   tests run as root, each test in its own work directory.
+//! - `busybox`: a runnable busybox image, and `strata run` as the test user.
 //! - `builder`: writes tar layers (hostile ones too) and OCI image layouts.
 //! - `snapshot`: a store's visible state, to assert that a failed command changed nothing.
 //! - `fsdiff`: walks a mounted tree and compares it with the union of builder layers.
@@ -10,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod builder;
+pub mod busybox;
 pub mod fsdiff;
 pub mod harness;
 pub mod mountns;
