@@ -1,6 +1,7 @@
 //! One file per subcommand; this one holds the shared flags and the exit codes.
 
 mod commit;
+mod exec;
 mod gc;
 mod images;
 mod import;
@@ -66,6 +67,7 @@ enum Command {
     Ps(ps::Args),
     Rm(rm::Args),
     Commit(commit::Args),
+    Exec(exec::Args),
     Mount(mount::Args),
     Umount(mount::UmountArgs),
 }
@@ -82,6 +84,7 @@ pub fn run() -> i32 {
         // The container's exit code comes back, not one of ours.
         Command::Run(args) => return run_container(cli.root, |s| run::run(s, args)),
         Command::Start(args) => return run_container(cli.root, |s| start::run(s, args)),
+        Command::Exec(args) => return run_container(cli.root, |s| exec::run(s, args)),
         Command::Ps(args) => open_store(cli.root).and_then(|store| ps::run(&store, args)),
         Command::Rm(args) => open_store(cli.root).and_then(|store| rm::run(&store, args)),
         Command::Commit(args) => open_store(cli.root).and_then(|store| commit::run(&store, args)),

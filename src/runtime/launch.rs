@@ -284,6 +284,7 @@ fn supervise(
     let code = Supervisor {
         child,
         from_child: Some(pid_from_child),
+        target: None,
         stop_timeout: prepared.spec.stop_timeout,
         pty_master: terminal.as_ref().map(|t| Arc::clone(&t.master)),
     }

@@ -19,6 +19,7 @@
 pub mod capabilities;
 pub mod commit;
 pub mod container;
+pub mod exec;
 mod init;
 pub mod launch;
 mod process;
@@ -81,6 +82,9 @@ pub enum RunError {
 
     #[error("container {name} is running: stop it first (or `strata rm -f` it)")]
     Running { name: String },
+
+    #[error("container {name} is not running: `strata start {name}` runs it again")]
+    NotRunning { name: String },
 
     #[error("the record of container {id} cannot be read ({reason}): remove it with `strata rm`")]
     BadRecord { id: String, reason: String },

@@ -41,15 +41,26 @@ pub struct KeepIdUser {
 
 /// Never returns: execs the command, or exits with strata's code for the failure.
 pub fn run(plan: ProcessPlan<'_>) -> ! {
-    let (argv, home) = match setup(&plan) {
+    if let Err(message) = enter_root(&plan) {
+        fail(EXIT_RUNTIME, &message)
+    }
+    become_command(plan.spec, plan.console, plan.writable)
+}
+
+/// In the container's root and namespaces (`strata exec` joins them instead):
+/// becomes the spec's user with its streams, working directory, capabilities and
+/// signals, and execs its command (or strata's init in front of it). Never
+/// returns.
+pub fn become_command(spec: &ContainerSpec, console: Option<&OwnedFd>, writable: bool) -> ! {
+    let (argv, home) = match identity(spec, console, writable) {
         Ok(ready) => ready,
         Err(message) => fail(EXIT_RUNTIME, &message),
     };
-    let env = environment(&plan.spec.env, home);
-    if plan.spec.init {
-        super::init::run(&argv, &env, path_of(&plan.spec.env))
+    let env = environment(&spec.env, home);
+    if spec.init {
+        super::init::run(&argv, &env, path_of(&spec.env))
     }
-    let (code, message) = exec(&argv, &env, path_of(&plan.spec.env));
+    let (code, message) = exec(&argv, &env, path_of(&spec.env));
     fail(code, &message)
 }
 
@@ -64,8 +75,8 @@ fn errno(what: &str) -> impl FnOnce(Errno) -> String + '_ {
     move |e| format!("{what}: {}", e.desc())
 }
 
-/// Everything up to exec; returns the command line and the user's home directory.
-fn setup(plan: &ProcessPlan<'_>) -> Result<(Vec<CString>, Option<String>), String> {
+/// The namespaces of the container's own and its root.
+fn enter_root(plan: &ProcessPlan<'_>) -> Result<(), String> {
     let spec = plan.spec;
     // If the child serving the filesystem dies, so does the container.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno("prctl"))?;
@@ -90,10 +101,19 @@ fn setup(plan: &ProcessPlan<'_>) -> Result<(Vec<CString>, Option<String>), Strin
     {
         add_user_entries(me)?;
     }
+    Ok(())
+}
+
+/// Everything up to exec; returns the command line and the user's home directory.
+fn identity(
+    spec: &ContainerSpec,
+    console: Option<&OwnedFd>,
+    writable: bool,
+) -> Result<(Vec<CString>, Option<String>), String> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let user = users::resolve(&spec.user, &read("/etc/passwd"), &read("/etc/group"))?;
-    standard_streams(plan, &user)?;
-    enter_workdir(&spec.workdir, plan.writable)?;
+    standard_streams(spec, console, &user)?;
+    enter_workdir(&spec.workdir, writable)?;
     spec.capabilities
         .restrict_bounding()
         .map_err(|e| e.to_string())?;
@@ -164,9 +184,13 @@ pub fn default_signals() -> nix::Result<()> {
 /// forwards once), stdin /dev/null unless `-i`. With `-t`: a terminal of the
 /// container's devpts, owned by the user, as controlling terminal and all three
 /// streams.
-fn standard_streams(plan: &ProcessPlan<'_>, user: &users::ResolvedUser) -> Result<(), String> {
+fn standard_streams(
+    spec: &ContainerSpec,
+    console: Option<&OwnedFd>,
+    user: &users::ResolvedUser,
+) -> Result<(), String> {
     nix::unistd::setsid().map_err(errno("setsid"))?;
-    match plan.console {
+    match console {
         Some(socket) => {
             let slave = super::pty::make_console(socket, user.uid, user.gid)?;
             // SAFETY: TIOCSCTTY takes an int argument; the slave is an open terminal.
@@ -180,7 +204,7 @@ fn standard_streams(plan: &ProcessPlan<'_>, user: &users::ResolvedUser) -> Resul
             nix::unistd::dup2_stdout(&slave).map_err(errno("dup2"))?;
             nix::unistd::dup2_stderr(&slave).map_err(errno("dup2"))?;
         }
-        None if !plan.spec.interactive => {
+        None if !spec.interactive => {
             let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
             nix::unistd::dup2_stdin(&null).map_err(errno("dup2"))?;
         }

@@ -42,6 +42,8 @@ pub struct Supervisor {
     pub child: Pid,
     /// Where the child writes the container's pid (4 bytes, native order).
     pub from_child: Option<OwnedFd>,
+    /// The process signals go to, when known from the start.
+    pub target: Option<Pid>,
     pub stop_timeout: Duration,
     pub pty_master: Option<Arc<OnceLock<OwnedFd>>>,
 }
@@ -51,7 +53,7 @@ impl Supervisor {
     pub fn wait(mut self) -> std::io::Result<i32> {
         let signals = SignalFd::with_flags(&handled_signals(), SfdFlags::SFD_CLOEXEC)?;
         let mut from_child = self.from_child.take().map(std::fs::File::from);
-        let mut container: Option<Pid> = None;
+        let mut container: Option<Pid> = self.target;
         let mut deadline: Option<Instant> = None;
         loop {
             if let Some(code) = self.reap()? {
