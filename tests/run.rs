@@ -278,6 +278,21 @@ fn config_env_workdir_and_flags_that_override_them() {
     ] {
         assert!(vars.contains(&want), "{want} missing from {vars:?}");
     }
+    // The umask is 0022 (as runc's), not the caller's nor the daemon's.
+    assert_eq!(
+        run_ok(
+            &env,
+            &[
+                "--entrypoint",
+                "",
+                &img,
+                "sh",
+                "-c",
+                "umask; touch /tmp/f; stat -c %a /tmp/f"
+            ]
+        ),
+        "0022\n644\n"
+    );
     // No PATH in the image: a sane default.
     let bare = image_with(
         &env,

@@ -11,7 +11,8 @@ use super::harness::{TestEnv, strata_bin, user_command_with_setuid_helpers};
 
 pub const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "ls", "ps", "env", "pwd", "hostname", "sleep", "kill", "grep",
-    "test", "tty", "stty", "touch", "mkdir", "wc", "true", "false", "whoami", "head",
+    "test", "tty", "stty", "touch", "stat", "tr", "readlink", "chown", "chmod", "ln", "rm", "uniq",
+    "mkdir", "wc", "true", "false", "whoami", "head",
 ];
 
 pub const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
