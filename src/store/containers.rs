@@ -119,8 +119,18 @@ impl Store {
     }
 
     /// Writes a new container's record, refusing a name another container has.
-    /// Under the store lock, so two runs cannot both take one name.
+    /// A named container's is written durably and under the store lock, so two runs
+    /// cannot both take one name; an unnamed one's lives only as long as its
+    /// strata, so it costs neither (container start time is what it would cost).
     pub fn add_container(&self, record: &ContainerRecord) -> Result<(), StoreError> {
+        let path = self.container_dir(&record.id).join("container.json");
+        let bytes = serde_json::to_vec_pretty(record).expect("a container record serializes");
+        if record.name.is_none() {
+            let tmp = path.with_extension("json.tmp");
+            return fs::write(&tmp, &bytes)
+                .and_then(|_| fs::rename(&tmp, &path))
+                .map_err(|e| StoreError::io("write", &path, e));
+        }
         let _lock = self.lock_for_change()?;
         if let Some(name) = &record.name
             && self
@@ -130,8 +140,6 @@ impl Store {
         {
             return Err(StoreError::ContainerNameTaken { name: name.clone() });
         }
-        let path = self.container_dir(&record.id).join("container.json");
-        let bytes = serde_json::to_vec_pretty(record).expect("a container record serializes");
         write_atomic(&path, &bytes)
     }
 
