@@ -11,7 +11,8 @@
 # LAYOUT is an OCI image layout whose image has /bin/true (default: the project's
 # busybox image, built by scripts/make-default-image.py into the work directory).
 # The candidates alternate run by run in a rotating order after one warm-up each;
-# the table gives median seconds (min–max) and the ratios of medians. --quick: 3
+# the table gives median seconds (min–max) and the ratios of medians;
+# strata-single is strata with --userns=single (no newuidmap/newgidmap). --quick: 3
 # runs (CI runs it so the script never rots; its timings are printed, never
 # asserted). As root it re-executes itself as strata-demo or $STRATA_BENCH_USER.
 #
@@ -58,7 +59,9 @@ umoci unpack --rootless --image "$layout" "$work/bundle" >/dev/null 2>&1 ||
 rootfs=$work/bundle/rootfs
 [ -e "$rootfs/bin/true" ] || die "the image has no /bin/true"
 
-candidates=(strata)
+# strata-single: --userns=single, one id mapped directly, without the setuid
+# newuidmap/newgidmap that the default's subordinate range needs.
+candidates=(strata strata-single)
 unavailable=()
 if command -v bwrap >/dev/null; then candidates+=(bwrap); else unavailable+=("bwrap=not installed (Debian: bubblewrap)"); fi
 if command -v ch-run >/dev/null; then candidates+=(ch-run); else unavailable+=("ch-run=not installed (Debian: charliecloud-runtime)"); fi
@@ -66,6 +69,7 @@ if command -v ch-run >/dev/null; then candidates+=(ch-run); else unavailable+=("
 start() {
     case $1 in
         strata) "$strata" --root "$store" run bench:run /bin/true ;;
+        strata-single) "$strata" --root "$store" run --userns=single bench:run /bin/true ;;
         bwrap) bwrap --unshare-user --unshare-pid --unshare-ipc --unshare-uts \
                    --bind "$rootfs" / --proc /proc --dev /dev --chdir / /bin/true ;;
         ch-run) ch-run "$rootfs" -- /bin/true ;;
