@@ -561,6 +561,15 @@ fn wait_until_running(child: &mut Child, env: &TestEnv) {
     std::thread::sleep(Duration::from_millis(500));
 }
 
+/// SIGTERM to strata, as a batch system's scancel or a user's kill sends it.
+fn terminate(child: &Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
 #[test]
 fn signals_reach_the_container_and_the_timeout_kills() {
     let env = TestEnv::new("run-signals");
@@ -576,11 +585,7 @@ fn signals_reach_the_container_and_the_timeout_kills() {
         ],
     );
     wait_until_running(&mut child, &env);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    terminate(&child);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(42), "{}", describe(&out));
     assert_eq!(stdout(&out), "ready\ntrapped\n");
@@ -588,11 +593,7 @@ fn signals_reach_the_container_and_the_timeout_kills() {
     // pid 1 without a handler ignores SIGTERM: SIGKILL after --stop-timeout.
     let mut child = spawn(&env, &["--stop-timeout", "1", &img, "sleep", "31313"]);
     wait_until_running(&mut child, &env);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    terminate(&child);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(137), "{}", describe(&out));
     nothing_left(&env);

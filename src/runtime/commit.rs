@@ -238,13 +238,7 @@ pub fn apply_changes(config: &mut Value, changes: &[String]) -> Result<(), RunEr
 /// (diff_id, digest, compressed size).
 fn write_layer(upper: &Path, blobs: &Path) -> Result<(Digest, Digest, u64), RunError> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RunError::start("pipe"))?;
-    let uid = nix::unistd::getuid();
-    let gid = nix::unistd::getgid();
-    let name = nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map_or_else(|| uid.to_string(), |u| u.name);
-    let plan = userns::plan(UsernsMode::Auto, uid.as_raw(), gid.as_raw(), &name);
+    let plan = userns::plan_for_caller(UsernsMode::Auto);
     // SAFETY: `strata commit` has started no thread. The closure (and with it the
     // write end) is dropped in the parent, so its read ends with the child's tar.
     let child = unsafe {

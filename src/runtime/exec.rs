@@ -6,12 +6,11 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
 
 use nix::sched::CloneFlags;
 use nix::unistd::ForkResult;
 
-use super::pty::{ConsoleSocket, RawMode, Terminal};
+use super::pty::{Attached, ConsoleSocket};
 use super::spec::{ContainerSpec, RunOptions};
 use super::supervise::{Supervisor, handled_signals};
 use super::{EXIT_RUNTIME, RunError, process};
@@ -74,10 +73,7 @@ pub fn exec(
             namespaces.push((OwnedFd::from(theirs), flag));
         }
     }
-    let console = match spec.tty {
-        true => Some(ConsoleSocket::new().map_err(RunError::start("open a socket pair"))?),
-        false => None,
-    };
+    let (child_console, console) = ConsoleSocket::pair_for(spec.tty)?;
     // Joining a user or mount namespace needs a single thread; creating a thread
     // after joining a pid namespace is refused. So: all but the pid namespace, then
     // the terminal's thread, then the pid namespace, then the fork into it.
@@ -88,18 +84,7 @@ pub fn exec(
     handled_signals()
         .thread_block()
         .map_err(RunError::start("block signals"))?;
-    let (child_console, console) = match console {
-        Some(c) => (Some(c.child), Some(c.parent)),
-        None => (None, None),
-    };
-    let _raw = (console.is_some() && spec.interactive).then(RawMode::enter);
-    let terminal = console
-        .map(|socket| Terminal::attach(socket, spec.interactive))
-        .transpose()
-        .map_err(|source| RunError::Start {
-            op: "attach the terminal",
-            source,
-        })?;
+    let attached = Attached::new(console, spec.interactive)?;
     join(&pid_ns)?;
     // SAFETY: the only other thread (the terminal's) waits in recvmsg; the child
     // goes straight to exec, through allocations that glibc's fork makes safe.
@@ -113,13 +98,11 @@ pub fn exec(
         from_child: None,
         target: Some(child),
         stop_timeout: spec.stop_timeout,
-        pty_master: terminal.as_ref().map(|t| Arc::clone(&t.master)),
+        pty_master: attached.master(),
     }
     .wait()
     .unwrap_or(EXIT_RUNTIME);
-    if let Some(terminal) = terminal {
-        terminal.finish();
-    }
+    attached.finish();
     Ok(code)
 }
 

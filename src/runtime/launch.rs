@@ -6,7 +6,6 @@
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::OFlag;
@@ -16,7 +15,7 @@ use nix::unistd::Pid;
 
 use super::container::{self, ContainerDir};
 use super::process::{self, KeepIdUser, ProcessPlan};
-use super::pty::{ConsoleSocket, RawMode, Terminal};
+use super::pty::{Attached, ConsoleSocket};
 use super::spec::{ContainerSpec, Network, RunOptions};
 use super::supervise::{Supervisor, handled_signals};
 use super::sys::fork_into_new_pid_namespace;
@@ -163,7 +162,7 @@ fn prepare(
     let name = me
         .as_ref()
         .map_or_else(|| uid.to_string(), |u| u.name.clone());
-    let mapping = userns::plan(options.userns, uid.as_raw(), gid.as_raw(), &name);
+    let mapping = userns::plan_for_caller(options.userns);
     let keep_id = (options.userns == UsernsMode::KeepId).then(|| KeepIdUser {
         uid: uid.as_raw(),
         gid: gid.as_raw(),
@@ -233,18 +232,11 @@ fn fork_and_supervise(
     image: &ImageRecord,
     prepared: &Prepared,
 ) -> Result<i32, RunError> {
-    let console = match prepared.spec.tty {
-        true => Some(ConsoleSocket::new().map_err(RunError::start("open a socket pair"))?),
-        false => None,
-    };
+    let (child_console, console) = ConsoleSocket::pair_for(prepared.spec.tty)?;
     let (pid_r, pid_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RunError::start("pipe"))?;
     handled_signals()
         .thread_block()
         .map_err(RunError::start("block signals"))?;
-    let (child_console, console) = match console {
-        Some(c) => (Some(c.child), Some(c.parent)),
-        None => (None, None),
-    };
     // SAFETY: no thread exists yet in this process (the terminal's start after the
     // fork, in the parent). The closure, and with it `pid_w`, is dropped in the
     // parent, which keeps only the read end.
@@ -272,30 +264,20 @@ fn supervise(
     pid_from_child: OwnedFd,
     console: Option<OwnedFd>,
 ) -> Result<i32, RunError> {
-    // Raw mode only when our own stdin is a terminal that feeds the container's.
-    let _raw = (console.is_some() && prepared.spec.interactive).then(RawMode::enter);
-    let terminal = console
-        .map(|socket| Terminal::attach(socket, prepared.spec.interactive))
-        .transpose()
-        .map_err(|source| RunError::Start {
-            op: "attach the terminal",
-            source,
-        })?;
+    let attached = Attached::new(console, prepared.spec.interactive)?;
     let code = Supervisor {
         child,
         from_child: Some(pid_from_child),
         target: None,
         stop_timeout: prepared.spec.stop_timeout,
-        pty_master: terminal.as_ref().map(|t| Arc::clone(&t.master)),
+        pty_master: attached.master(),
     }
     .wait()
     .map_err(|source| RunError::Start {
         op: "wait for the container",
         source,
     })?;
-    if let Some(terminal) = terminal {
-        terminal.finish();
-    }
+    attached.finish();
     Ok(code)
 }
 

@@ -9,6 +9,8 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use nix::fcntl::OFlag;
+
+use super::RunError;
 use nix::sys::socket;
 use nix::sys::termios::{self, SetArg, Termios};
 
@@ -22,6 +24,15 @@ pub struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
+    /// With `-t`: (the container's end, strata's end); else neither.
+    pub fn pair_for(tty: bool) -> Result<(Option<OwnedFd>, Option<OwnedFd>), RunError> {
+        if !tty {
+            return Ok((None, None));
+        }
+        let pair = ConsoleSocket::new().map_err(RunError::start("open a socket pair"))?;
+        Ok((Some(pair.child), Some(pair.parent)))
+    }
+
     pub fn new() -> nix::Result<ConsoleSocket> {
         let (parent, child) = socket::socketpair(
             socket::AddressFamily::Unix,
@@ -130,6 +141,44 @@ impl Drop for RawMode {
     fn drop(&mut self) {
         if let Some(saved) = &self.saved {
             let _ = termios::tcsetattr(io::stdin().as_fd(), SetArg::TCSADRAIN, saved);
+        }
+    }
+}
+
+/// The caller's side of `-t`: its terminal in raw mode (with `-i`) and the thread
+/// that copies. Nothing without `-t`.
+pub struct Attached {
+    terminal: Option<Terminal>,
+    _raw: Option<RawMode>,
+}
+
+impl Attached {
+    pub fn new(console: Option<OwnedFd>, interactive: bool) -> Result<Attached, RunError> {
+        // Raw mode only when our own stdin is a terminal that feeds the container's.
+        let raw = (console.is_some() && interactive).then(RawMode::enter);
+        let terminal = console
+            .map(|socket| Terminal::attach(socket, interactive))
+            .transpose()
+            .map_err(|source| RunError::Start {
+                op: "attach the terminal",
+                source,
+            })?;
+        Ok(Attached {
+            terminal,
+            _raw: raw,
+        })
+    }
+
+    /// The master end, once the container sent it: SIGWINCH needs it.
+    pub fn master(&self) -> Option<Arc<OnceLock<OwnedFd>>> {
+        self.terminal.as_ref().map(|t| Arc::clone(&t.master))
+    }
+
+    /// Waits until the output has been copied to the end; then the caller's
+    /// terminal mode comes back.
+    pub fn finish(mut self) {
+        if let Some(terminal) = self.terminal.take() {
+            terminal.finish();
         }
     }
 }

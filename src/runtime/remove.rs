@@ -74,13 +74,7 @@ fn stop(store: &Store, record: &ContainerRecord) -> Result<(), RunError> {
 }
 
 fn remove_in_user_namespace(dir: &std::path::Path) -> Result<(), RunError> {
-    let uid = nix::unistd::getuid();
-    let gid = nix::unistd::getgid();
-    let name = nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map_or_else(|| uid.to_string(), |u| u.name);
-    let plan = userns::plan(UsernsMode::Auto, uid.as_raw(), gid.as_raw(), &name);
+    let plan = userns::plan_for_caller(UsernsMode::Auto);
     // SAFETY: `strata rm` has started no thread.
     let child = unsafe {
         userns::spawn_in_user_namespace(&plan, nix::sched::CloneFlags::empty(), || {

@@ -66,6 +66,17 @@ fn find_helper(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The map for `mode` for the calling user, from this machine's files.
+pub fn plan_for_caller(mode: UsernsMode) -> MappingPlan {
+    let uid = nix::unistd::getuid();
+    let gid = nix::unistd::getgid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name);
+    plan(mode, uid.as_raw(), gid.as_raw(), &name)
+}
+
 /// The map for `mode`, for the caller `uid`/`gid` named `name`, from this
 /// machine's /etc/subuid, /etc/subgid and newuidmap/newgidmap.
 pub fn plan(mode: UsernsMode, uid: u32, gid: u32, name: &str) -> MappingPlan {
