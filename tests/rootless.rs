@@ -9,15 +9,6 @@ use std::path::Path;
 
 use support::*;
 
-fn status_field(status: &str, key: &str) -> String {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
-        .unwrap_or_else(|| panic!("no {key} in /proc/self/status:\n{status}"))
-        .trim()
-        .to_string()
-}
-
 #[test]
 fn wrapper_drops_to_the_test_user_with_no_capabilities() {
     if !is_root() {

@@ -56,15 +56,6 @@ fn nothing_left(env: &TestEnv) {
     );
 }
 
-fn status_field(status: &str, key: &str) -> String {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
-        .unwrap_or_else(|| panic!("no {key} in:\n{status}"))
-        .trim()
-        .to_string()
-}
-
 #[test]
 fn exit_codes_are_the_commands_or_podmans() {
     let env = TestEnv::new("run-codes");

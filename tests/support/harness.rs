@@ -267,6 +267,16 @@ pub fn assert_fails(out: &Output, code: i32, phrase: &str) {
     );
 }
 
+/// The value of `KEY:` in /proc/PID/status text (Uid, CapBnd, NoNewPrivs, ...).
+pub fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in:\n{status}"))
+        .trim()
+        .to_string()
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
