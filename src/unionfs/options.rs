@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::unionfs::upper::OverrideXattr;
+
 /// A parsed option list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OverlayOptions {
@@ -17,6 +19,8 @@ pub struct OverlayOptions {
     pub read_only: bool,
     /// squash_to_root, squash_to_uid, squash_to_gid, static_nlink, noxattrs.
     pub shown: crate::unionfs::fs::Presentation,
+    /// `xattr_permissions=0|1|2`: where the upper keeps owners and modes.
+    pub override_xattr: OverrideXattr,
     /// What was accepted and ignored, for `-d`.
     pub ignored: Vec<String>,
 }
@@ -29,10 +33,6 @@ pub enum OptionError {
     NoWorkdir,
     #[error("unknown option '{0}'")]
     Unknown(String),
-    #[error(
-        "option '{0}' is not supported by strata-overlayfs yet; mount without it, or use fuse-overlayfs"
-    )]
-    Unsupported(String),
     #[error("bad value in option '{0}'")]
     BadValue(String),
 }
@@ -95,8 +95,6 @@ const IGNORED_FLAGS: &[&str] = &[
     "noacl",
     "userxattr",
 ];
-/// fuse-overlayfs options that change what the mount shows; not done yet.
-const UNSUPPORTED: &[&str] = &["xattr_permissions"];
 
 /// Parses option lists (each comma-separated, as given to `-o`).
 pub fn parse(lists: &[String]) -> Result<OverlayOptions, OptionError> {
@@ -137,14 +135,15 @@ pub fn parse(lists: &[String]) -> Result<OverlayOptions, OptionError> {
             ("uidmapping", Some(v)) => out.shown.uid_map = id_ranges(option, v)?,
             ("gidmapping", Some(v)) => out.shown.gid_map = id_ranges(option, v)?,
             ("noxattrs", Some(v)) => out.shown.no_xattrs = id(option, v)? != 0,
-            (k, _) if UNSUPPORTED.contains(&k) => {
-                return Err(OptionError::Unsupported(option.into()));
+            ("xattr_permissions", Some(v)) => {
+                out.override_xattr = OverrideXattr::from_xattr_permissions(id(option, v)?)
+                    .ok_or_else(|| OptionError::BadValue(option.into()))?;
             }
             (k, Some(_)) if IGNORED_VALUED.contains(&k) => out.ignored.push(option.into()),
             (k, None) if IGNORED_FLAGS.contains(&k) => out.ignored.push(option.into()),
             (
                 "lowerdir" | "upperdir" | "workdir" | "fsync" | "squash_to_uid" | "squash_to_gid"
-                | "noxattrs",
+                | "noxattrs" | "xattr_permissions",
                 _,
             ) => {
                 return Err(OptionError::BadValue(option.into()));
@@ -204,6 +203,23 @@ mod tests {
         assert!(squashed.shown.static_nlink && squashed.shown.no_xattrs);
         let mapped = p("lowerdir=/l,uidmapping=0:1000:1:1:100000:65536").unwrap();
         assert_eq!(mapped.shown.uid_map, vec![(0, 1000, 1), (1, 100000, 65536)]);
+        assert_eq!(mapped.override_xattr, OverrideXattr::Containers);
+        for (n, want) in [
+            (0, OverrideXattr::Containers),
+            (1, OverrideXattr::Privileged),
+            (2, OverrideXattr::User),
+        ] {
+            let o = p(&format!("lowerdir=/l,xattr_permissions={n}")).unwrap();
+            assert_eq!(o.override_xattr, want, "xattr_permissions={n}");
+        }
+        assert_eq!(
+            OverrideXattr::User.name(),
+            "user.fuseoverlayfs.override_stat"
+        );
+        assert_eq!(
+            OverrideXattr::Privileged.name(),
+            "security.fuseoverlayfs.override_stat"
+        );
         let two = parse(&["rw".into(), "lowerdir=/l".into()]).unwrap();
         assert_eq!(two.lowerdirs, vec![PathBuf::from("/l")]);
     }
@@ -217,8 +233,12 @@ mod tests {
             Err(OptionError::Unknown("frobnicate".into()))
         );
         assert_eq!(
-            p("lowerdir=/l,xattr_permissions=1"),
-            Err(OptionError::Unsupported("xattr_permissions=1".into()))
+            p("lowerdir=/l,xattr_permissions=3"),
+            Err(OptionError::BadValue("xattr_permissions=3".into()))
+        );
+        assert_eq!(
+            p("lowerdir=/l,xattr_permissions"),
+            Err(OptionError::BadValue("xattr_permissions".into()))
         );
         assert_eq!(
             p("lowerdir=/l,uidmapping=0:1000"),
