@@ -1330,6 +1330,43 @@ umount "$W/m"
     assert_eq!(read("noxattrs.txt").trim(), "Operation not supported");
 }
 
+/// uidmapping and gidmapping read as fuse-overlayfs reads them, STORED:SHOWN:COUNT
+/// (podman's `--userns=keep-id` depends on it), compared with fuse-overlayfs itself
+/// in a namespace with the test user's subordinate ids, where the shown ids exist;
+/// podman's leading colon (`:0:7:1`) is taken too.
+#[test]
+fn id_mappings_show_as_in_fuse_overlayfs() {
+    let env = TestEnv::new("ovlbin-idmap");
+    let script = r#"
+mkdir -p "$W/l/d" "$W/ms" "$W/mf"
+printf data > "$W/l/d/file"
+chown 9:9 "$W/l/d/file"
+opts="lowerdir=$W/l,uidmapping=:0:7:1:9:3:1,gidmapping=:0:8:1:9:4:1"
+"$OVL" -o "$opts" "$W/ms"
+fuse-overlayfs -o "$opts" "$W/mf" 2>/dev/null
+wait_mounted "$W/ms"; wait_mounted "$W/mf"
+for m in ms mf; do stat -c '%n %u:%g' "$W/$m/d" "$W/$m/d/file" | sed "s|$W/$m/||" > "$W/$m.txt"; done
+umount "$W/ms"; umount "$W/mf"
+"#;
+    let script = format!("OVL='{}'\n{script}", ovl().display());
+    let Some((out, _)) = ns_sh_subids(&env, &script, &[]) else {
+        eprintln!("skipped: the test user has no subordinate ids or no newuidmap");
+        return;
+    };
+    assert_ok_traced(&out);
+    let read = |n: &str| fs::read_to_string(env.path(n)).unwrap();
+    assert_eq!(
+        read("mf.txt"),
+        "d 7:8\nd/file 3:4\n",
+        "fuse-overlayfs (the premise)"
+    );
+    assert_eq!(
+        read("ms.txt"),
+        read("mf.txt"),
+        "strata-overlayfs vs fuse-overlayfs"
+    );
+}
+
 /// Each attempt: its arguments (after the binary), its exit status, its stderr, and
 /// whether anything was mounted.
 const BAD_OPTIONS_SH: &str = r#"

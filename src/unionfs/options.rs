@@ -160,17 +160,23 @@ pub fn parse(lists: &[String]) -> Result<OverlayOptions, OptionError> {
     Ok(out)
 }
 
-/// `SHOWN:STORED:COUNT[:SHOWN:STORED:COUNT...]`, as fuse-overlayfs takes it (the
-/// container's id, the host's id, how many).
+/// `STORED:SHOWN:COUNT[:STORED:SHOWN:COUNT...]`, as fuse-overlayfs reads it: an
+/// owner stored (as the daemon sees it) as `STORED + k` shows as `SHOWN + k`
+/// (containers/fuse-overlayfs, main.c, `read_mappings` and `find_mapping`; podman's
+/// `--userns=keep-id` passes `:0:1:999:...`, stored 0 shown 1, which is the
+/// container's root there). Returned as (shown, stored, count). Empty fields are skipped, as
+/// fuse-overlayfs's strtok skips them: podman (containers/storage) writes each
+/// range as `:A:B:C`, so its value starts with a colon.
 fn id_ranges(option: &str, value: &str) -> Result<Vec<(u32, u32, u32)>, OptionError> {
     let numbers = value
         .split(':')
+        .filter(|n| !n.is_empty())
         .map(|n| id(option, n))
         .collect::<Result<Vec<u32>, _>>()?;
     if numbers.is_empty() || numbers.len() % 3 != 0 {
         return Err(OptionError::BadValue(option.into()));
     }
-    Ok(numbers.chunks(3).map(|c| (c[0], c[1], c[2])).collect())
+    Ok(numbers.chunks(3).map(|c| (c[1], c[0], c[2])).collect())
 }
 
 fn id(option: &str, value: &str) -> Result<u32, OptionError> {
@@ -202,7 +208,14 @@ mod tests {
         );
         assert!(squashed.shown.static_nlink && squashed.shown.no_xattrs);
         let mapped = p("lowerdir=/l,uidmapping=0:1000:1:1:100000:65536").unwrap();
-        assert_eq!(mapped.shown.uid_map, vec![(0, 1000, 1), (1, 100000, 65536)]);
+        assert_eq!(mapped.shown.uid_map, vec![(1000, 0, 1), (100000, 1, 65536)]);
+        // podman 4.3's own string, for `--userns=keep-id`.
+        let podman =
+            p("lowerdir=/l,,volatile,uidmapping=:0:1:999:999:0:1:1000:1000:64537").unwrap();
+        assert_eq!(
+            podman.shown.uid_map,
+            vec![(1, 0, 999), (0, 999, 1), (1000, 1000, 64537)]
+        );
         assert_eq!(mapped.override_xattr, OverrideXattr::Containers);
         for (n, want) in [
             (0, OverrideXattr::Containers),
@@ -243,6 +256,10 @@ mod tests {
         assert_eq!(
             p("lowerdir=/l,uidmapping=0:1000"),
             Err(OptionError::BadValue("uidmapping=0:1000".into()))
+        );
+        assert_eq!(
+            p("lowerdir=/l,uidmapping=::"),
+            Err(OptionError::BadValue("uidmapping=::".into()))
         );
         assert_eq!(
             p("lowerdir=/l,squash_to_uid=x"),
