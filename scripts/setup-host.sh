@@ -21,6 +21,7 @@ packages=(
     uidmap           # newuidmap/newgidmap for subuid ranges
     fuse3            # fusermount3, /etc/fuse.conf
     fuse-overlayfs   # the FUSE union fs rootless podman uses: compared against
+    podman runc      # tests/podman.rs: rootless podman with strata-overlayfs as mount_program (runc: crun refuses hybrid cgroup hosts)
     bubblewrap charliecloud-runtime  # bwrap and ch-run: container start compared against
     util-linux       # setpriv, unshare
     bsdutils         # script(1): tests/run.rs gives strata run -t a terminal

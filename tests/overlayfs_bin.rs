@@ -15,7 +15,9 @@
 //!   strata-overlayfs and on kernel overlayfs, op by op; the upper strata-overlayfs
 //!   wrote then reads the same in kernel overlayfs and in strata-overlayfs again.
 //! - An upper fuse-overlayfs wrote reads in strata-overlayfs as in fuse-overlayfs, and
-//!   the other way round.
+//!   the other way round; with `xattr_permissions=2` too (owners and modes in
+//!   `user.fuseoverlayfs.override_stat`); `xattr_permissions=1` is refused at mount
+//!   without CAP_SYS_ADMIN, saying why.
 //! - `mount -t fuse.strata-overlayfs` through mount.fuse3, with the binary on PATH;
 //!   without namespaces, through fusermount3; in the foreground with `-f`.
 //! - A stack of 100 lower directories mounts and shows the union of its layers.
@@ -145,11 +147,12 @@ look() {
     walk "$m" > "$W/$2"
     umount "$m"
 }
-# rw_up PROG UPPER WORK MNT: PROG -f, read-write over the lowers, in the background
-# (its pid in PID); rw_down MNT unmounts it and waits for it to exit, with status 0.
+# rw_up PROG UPPER WORK MNT: PROG -f, read-write over the lowers (with the options
+# in XOPT too, if any), in the background (its pid in PID); rw_down MNT unmounts it
+# and waits for it to exit, with status 0.
 rw_up() {
     mkdir -p "$2" "$3" "$4"
-    "$1" -f -o "lowerdir=$LOWERS,upperdir=$2,workdir=$3" "$4" & PID=$!
+    "$1" -f -o "lowerdir=$LOWERS,upperdir=$2,workdir=$3${XOPT:+,$XOPT}" "$4" & PID=$!
     wait_mounted "$4"
 }
 rw_down() {
@@ -636,7 +639,7 @@ rw_up "$(prog "$WRITER")" "$W/u" "$W/w" "$W/m"
 kmount "$W/ku" "$W/kw" "$W/km"
 (cd "$W/m" && EDIT_LOG="$W/edits.err" sh "$T/edits.sh")
 (cd "$W/km" && EDIT_LOG=/dev/null sh "$T/edits.sh")
-python3 "$T/diffops.py" 31 40 "$W/m" "$W/km" "$W/ku" > "$W/ops.jsonl"
+[ -n "$NO_RANDOM" ] || python3 "$T/diffops.py" 31 40 "$W/m" "$W/km" "$W/ku" > "$W/ops.jsonl"
 walk "$W/m" > "$W/wrote.jsonl"
 rw_down "$W/m"
 umount "$W/km"
@@ -649,12 +652,21 @@ look "$WRITER" again.jsonl "$W/u:$LOWERS"
 "#;
 
 fn cross(name: &str, writer: &str, reader: &str) -> TestEnv {
+    cross_with(name, writer, reader, "", true)
+}
+
+/// `cross`, both read-write mounts with the options `xopt` too; with `random` false,
+/// the edits only.
+fn cross_with(name: &str, writer: &str, reader: &str, xopt: &str, random: bool) -> TestEnv {
     let (env, lowers) = setup(name);
     install_edits(&env);
+    let no_random = if random { "" } else { "1" };
     run(
         &env,
         &lowers,
-        &format!("WRITER={writer}\nREADER={reader}\n{CROSS_SH}"),
+        &format!(
+            "WRITER={writer}\nREADER={reader}\nXOPT='{xopt}'\nNO_RANDOM={no_random}\n{CROSS_SH}"
+        ),
     );
     let edits_err = fs::read_to_string(env.path("edits.err")).unwrap_or_default();
     assert!(
@@ -750,6 +762,150 @@ fn strata_overlayfs_upper_reads_the_same_in_fuse_overlayfs() {
         "wrote.jsonl",
         "strata-overlayfs reading its own upper as a lower",
     );
+}
+
+// ---------------------------------------------------------------------------------
+// xattr_permissions: owners and modes in the upper's xattrs, as fuse-overlayfs keeps them
+
+const USER_OVERRIDE: &str = "user.fuseoverlayfs.override_stat";
+
+/// The regular files and directories of an upper walked as a plain directory that
+/// lack `want` or carry `not`, the root included (fuse-overlayfs's readers of a
+/// xattr_permissions upper fail with ENODATA on any without it). The `.wh..wh..opq`
+/// files fuse-overlayfs makes are read as markers, not files, and are left out.
+fn missing_overrides(upper: &Tree, want: &str, not: &str) -> Vec<String> {
+    upper
+        .iter()
+        .filter(|(p, s)| (s.kind == "f" || s.kind == "d") && !p.ends_with(".wh..wh..opq"))
+        .filter(|(_, s)| !s.xattrs.contains_key(want) || s.xattrs.contains_key(not))
+        .map(|(p, s)| format!("'{p}': {:?}", s.xattrs.keys().collect::<Vec<_>>()))
+        .collect()
+}
+
+/// An upper Debian's fuse-overlayfs wrote with xattr_permissions=2 (every owner and
+/// mode in user.fuseoverlayfs.override_stat, the files themselves 0755 on disk)
+/// reads in strata-overlayfs as in fuse-overlayfs: as the upper with the same option,
+/// and as a lower without it (the mark on its root says which xattr its files carry).
+/// The edits only: fuse-overlayfs 1.10 in this mode copies a fifo up as a regular
+/// file (on a chmod of the random operations) that it then cannot stat itself (EIO).
+#[test]
+fn xattr_permissions_2_upper_of_fuse_overlayfs_reads_the_same_in_strata_overlayfs() {
+    let env = cross_with(
+        "ovlbin-xp2-fuse-upper",
+        "fuse",
+        "strata",
+        "xattr_permissions=2",
+        false,
+    );
+    let upper = walked(&env, "upper-itself.jsonl");
+    let missing = missing_overrides(&upper, USER_OVERRIDE, "user.containers.override_stat");
+    assert!(
+        missing.is_empty(),
+        "fuse-overlayfs's upper without {USER_OVERRIDE} (the harness is wrong):\n{}",
+        missing.join("\n")
+    );
+    assert_same(
+        &env,
+        "again.jsonl",
+        "wrote.jsonl",
+        "fuse-overlayfs reading its own upper",
+    );
+    assert_same(
+        &env,
+        "lower.jsonl",
+        "again.jsonl",
+        "strata-overlayfs over fuse-overlayfs's xattr_permissions=2 upper as a lower, vs fuse-overlayfs",
+    );
+    assert_same(
+        &env,
+        "upper.jsonl",
+        "again.jsonl",
+        "strata-overlayfs (xattr_permissions=2) over fuse-overlayfs's upper, vs fuse-overlayfs",
+    );
+}
+
+/// An upper strata-overlayfs wrote with xattr_permissions=2 carries the override on
+/// every regular file and directory, its root marked, and reads in fuse-overlayfs
+/// (with the same option, and as a lower) as in strata-overlayfs.
+#[test]
+fn xattr_permissions_2_upper_of_strata_overlayfs_reads_the_same_in_fuse_overlayfs() {
+    let env = cross_with(
+        "ovlbin-xp2-strata-upper",
+        "strata",
+        "fuse",
+        "xattr_permissions=2",
+        true,
+    );
+    let upper = walked(&env, "upper-itself.jsonl");
+    let missing = missing_overrides(&upper, USER_OVERRIDE, "user.containers.override_stat");
+    assert!(
+        missing.is_empty(),
+        "strata-overlayfs's upper has files without {USER_OVERRIDE}, or with the default xattr:\n{}",
+        missing.join("\n")
+    );
+    assert_same(
+        &env,
+        "lower.jsonl",
+        "wrote.jsonl",
+        "fuse-overlayfs over strata-overlayfs's xattr_permissions=2 upper as a lower, vs strata-overlayfs",
+    );
+    assert_same(
+        &env,
+        "upper.jsonl",
+        "wrote.jsonl",
+        "fuse-overlayfs (xattr_permissions=2) over strata-overlayfs's upper, vs strata-overlayfs",
+    );
+    assert_same(
+        &env,
+        "again.jsonl",
+        "wrote.jsonl",
+        "strata-overlayfs reading its own upper as a lower",
+    );
+}
+
+/// xattr_permissions=1 keeps owners in security.fuseoverlayfs.override_stat, which
+/// needs CAP_SYS_ADMIN over the upper's filesystem: the test user in its own
+/// namespace has it only over filesystems mounted there, so strata-overlayfs refuses
+/// at mount, saying why, as fuse-overlayfs does (which fails there too).
+#[test]
+fn xattr_permissions_1_is_refused_at_mount_without_cap_sys_admin() {
+    let (env, lowers) = setup("ovlbin-xp1");
+    let script = r#"
+mkdir -p "$W/u" "$W/w" "$W/m"
+set +e
+timeout -s KILL 20 "$OVL" -o "lowerdir=$LOWERS,upperdir=$W/u,workdir=$W/w,xattr_permissions=1" "$W/m" 2> "$W/strata.err"
+echo $? > "$W/strata.status"
+timeout -s KILL 20 fuse-overlayfs -o "lowerdir=$LOWERS,upperdir=$W/u,workdir=$W/w,xattr_permissions=1" "$W/m" 2> "$W/fuse.err"
+echo $? > "$W/fuse.status"
+set -e
+if is_mounted "$W/m"; then echo mounted > "$W/mounted"; umount "$W/m"; fi
+"#;
+    run(&env, &lowers, script);
+    let read = |n: &str| fs::read_to_string(env.path(n)).unwrap_or_default();
+    assert_ne!(
+        read("fuse.status").trim(),
+        "0",
+        "fuse-overlayfs wrote security.* here: the premise is wrong: {}",
+        read("fuse.err")
+    );
+    assert_eq!(read("strata.status").trim(), "1", "{}", read("strata.err"));
+    let err = read("strata.err");
+    for needle in [
+        "security.fuseoverlayfs.override_stat",
+        "CAP_SYS_ADMIN",
+        "xattr_permissions=2",
+    ] {
+        assert!(
+            err.contains(needle),
+            "the refusal does not say '{needle}': {err}"
+        );
+    }
+    assert_eq!(
+        err.matches("CAP_SYS_ADMIN").count(),
+        1,
+        "the reason is said once: {err}"
+    );
+    assert!(!env.path("mounted").exists(), "it mounted");
 }
 
 // ---------------------------------------------------------------------------------
@@ -1172,6 +1328,43 @@ umount "$W/m"
         read("squashed.txt")
     );
     assert_eq!(read("noxattrs.txt").trim(), "Operation not supported");
+}
+
+/// uidmapping and gidmapping read as fuse-overlayfs reads them, STORED:SHOWN:COUNT
+/// (podman's `--userns=keep-id` depends on it), compared with fuse-overlayfs itself
+/// in a namespace with the test user's subordinate ids, where the shown ids exist;
+/// podman's leading colon (`:0:7:1`) is taken too.
+#[test]
+fn id_mappings_show_as_in_fuse_overlayfs() {
+    let env = TestEnv::new("ovlbin-idmap");
+    let script = r#"
+mkdir -p "$W/l/d" "$W/ms" "$W/mf"
+printf data > "$W/l/d/file"
+chown 9:9 "$W/l/d/file"
+opts="lowerdir=$W/l,uidmapping=:0:7:1:9:3:1,gidmapping=:0:8:1:9:4:1"
+"$OVL" -o "$opts" "$W/ms"
+fuse-overlayfs -o "$opts" "$W/mf" 2>/dev/null
+wait_mounted "$W/ms"; wait_mounted "$W/mf"
+for m in ms mf; do stat -c '%n %u:%g' "$W/$m/d" "$W/$m/d/file" | sed "s|$W/$m/||" > "$W/$m.txt"; done
+umount "$W/ms"; umount "$W/mf"
+"#;
+    let script = format!("OVL='{}'\n{script}", ovl().display());
+    let Some((out, _)) = ns_sh_subids(&env, &script, &[]) else {
+        eprintln!("skipped: the test user has no subordinate ids or no newuidmap");
+        return;
+    };
+    assert_ok_traced(&out);
+    let read = |n: &str| fs::read_to_string(env.path(n)).unwrap();
+    assert_eq!(
+        read("mf.txt"),
+        "d 7:8\nd/file 3:4\n",
+        "fuse-overlayfs (the premise)"
+    );
+    assert_eq!(
+        read("ms.txt"),
+        read("mf.txt"),
+        "strata-overlayfs vs fuse-overlayfs"
+    );
 }
 
 /// Each attempt: its arguments (after the binary), its exit status, its stderr, and

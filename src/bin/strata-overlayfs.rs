@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use strata::unionfs::UnionError;
 use strata::unionfs::mount::{UpperDirs, dirs_fs, mount};
 use strata::unionfs::options;
 
@@ -21,7 +22,10 @@ struct Args {
     /// Options: lowerdir=TOP:...:BOTTOM (required), upperdir=DIR and workdir=DIR
     /// (writable), fsync=0 or volatile, ro, squash_to_root, squash_to_uid=N,
     /// squash_to_gid=N, static_nlink, noxattrs=1,
-    /// uidmapping=SHOWN:STORED:COUNT[:...], gidmapping=...; fuse-overlayfs's tuning options
+    /// uidmapping=SHOWN:STORED:COUNT[:...], gidmapping=..., xattr_permissions=0|1|2
+    /// (owners and modes in the upper's xattrs, as fuse-overlayfs keeps them: 1 in
+    /// security.fuseoverlayfs.override_stat, 2 in user.fuseoverlayfs.override_stat);
+    /// fuse-overlayfs's tuning options
     /// and the generic mount options are accepted and ignored
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
@@ -41,9 +45,19 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("strata-overlayfs: error: {e:#}");
+            eprintln!("strata-overlayfs: error: {}", describe(&e));
             ExitCode::from(1)
         }
+    }
+}
+
+/// The error and its causes, each once: a UnionError's message already ends with
+/// its cause's.
+fn describe(e: &anyhow::Error) -> String {
+    if e.downcast_ref::<UnionError>().is_some() {
+        e.to_string()
+    } else {
+        format!("{e:#}")
     }
 }
 
@@ -63,7 +77,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         )),
         _ => None,
     };
-    let fs = dirs_fs(&opts.lowerdirs, upper.as_ref())?.with_presentation(opts.shown.clone());
+    let fs = dirs_fs(&opts.lowerdirs, upper.as_ref(), opts.override_xattr)?
+        .with_presentation(opts.shown.clone());
     let mounted = mount(fs, &mountpoint)?;
     Ok(mounted.serve_until_stopped(args.foreground || args.debug)?)
 }

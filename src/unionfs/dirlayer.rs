@@ -6,8 +6,9 @@
 //! Read as kernel overlayfs and fuse-overlayfs read lowers: char 0/0 devices and
 //! `.wh.NAME` files are whiteouts, `.wh..wh..opq` and the opaque xattrs
 //! (`trusted.overlay.opaque`, `user.overlay.opaque`, `user.fuseoverlayfs.opaque`)
-//! make a directory opaque, and `user.containers.override_stat` gives the owner and
-//! mode. Each directory is opened beneath its layer's root without following
+//! make a directory opaque, and an override xattr gives the owner and mode: in each
+//! layer the one fuse-overlayfs would read there, chosen by the layer's root (see
+//! `upper::layer_override_xattr`). Each directory is opened beneath its layer's root without following
 //! symlinks. Sockets are left out (a layer index has no kind for them), though like
 //! any non-directory they hide the name in the layers below.
 //!
@@ -25,7 +26,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode, SFlag};
 
-use super::upper::{UpperEntry, UpperError, read_overlay_dir};
+use super::upper::{UpperEntry, UpperError, dir_override, read_overlay_dir};
 use super::view::FlatEntry;
 use crate::image::layer::{EntryKind, Metadata, split_last};
 use crate::store::fsutil::open_beneath;
@@ -69,6 +70,8 @@ struct Merging {
 pub struct DirLayers<'a> {
     pub trees: &'a [OwnedFd],
     pub names: &'a [PathBuf],
+    /// The override xattr each layer's files carry.
+    pub overrides: &'a [&'static str],
 }
 
 impl DirLayers<'_> {
@@ -86,9 +89,11 @@ impl DirLayers<'_> {
         let stat = nix::sys::stat::fstat(&self.trees[top])
             .map_err(|e| self.fail(top as u16, e.desc().into(), e))?;
         let dir_layers: Box<[u16]> = (0..self.trees.len() as u16).rev().collect();
+        // A root marked for its layer's overrides carries its own in the mark.
+        let over = dir_override(&self.trees[top], self.overrides[top]);
         Ok(MergedChild {
             flat: FlatEntry {
-                entry: entry(Vec::new(), &stat, None, Vec::new(), Vec::new()),
+                entry: entry(Vec::new(), &stat, over, Vec::new(), Vec::new()),
                 layer: top,
                 nlink: if dir_layers.len() > 1 {
                     1
@@ -157,7 +162,7 @@ impl DirLayers<'_> {
                 return Err(self.fail(layer, format!("open {}: {}", show(path), e.desc()), e));
             }
         };
-        match read_overlay_dir(&dir, path, true) {
+        match read_overlay_dir(&dir, path, true, self.overrides[layer as usize]) {
             Ok((children, opaque)) => Ok(Some((dir, children, opaque))),
             Err(e) if e.errno() == Some(Errno::EACCES) => {
                 self.warn(layer, &upper_reason(&e));

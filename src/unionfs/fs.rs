@@ -174,6 +174,9 @@ impl UnionFs {
         let root_lower = (!self.lower.is_empty()).then_some(0);
         let mut root = Node::upper(FileType::Directory, root_lower, (ROOT, Vec::new()));
         root.links.clear();
+        // The root's override is not in any directory listing: read it here (an
+        // upper of fuse-overlayfs's xattr_permissions always has one).
+        root.over = upper.get_override(b"").ok().flatten();
         state.nodes.insert(ROOT, root);
         self.writable = Some(Writable {
             upper,

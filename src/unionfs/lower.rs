@@ -35,7 +35,7 @@ use nix::fcntl::OFlag;
 use super::dirlayer::{DirLayerError, DirLayers, MergedChild};
 use super::grow::Grow;
 use super::idmap::IdMap;
-use super::upper::NodeMeta;
+use super::upper::{NodeMeta, layer_override_xattr};
 use super::view::{FlatEntry, View};
 use crate::image::layer::{EntryKind, split_last};
 use crate::store::StoreError;
@@ -99,6 +99,8 @@ enum Children {
 struct DirSource {
     /// The lower directories as they were given, bottom first, for messages.
     names: Vec<PathBuf>,
+    /// The override xattr each layer's files carry, bottom first.
+    overrides: Vec<&'static str>,
     /// Held while a directory is read: one read at a time, each directory once.
     /// By (layer, st_dev, st_ino): the inode of a hardlinked file's first name.
     links: Mutex<HashMap<(u16, u64, u64), u64>>,
@@ -196,9 +198,11 @@ impl Lower {
         uids: IdMap,
         gids: IdMap,
     ) -> Result<Lower, DirLayerError> {
+        let overrides: Vec<&'static str> = trees.iter().map(layer_override_xattr).collect();
         let root = DirLayers {
             trees: &trees,
             names: &names,
+            overrides: &overrides,
         }
         .root()?;
         let first = dir_piece(0, 0, vec![root], vec![1]).map_err(|e| DirLayerError {
@@ -208,6 +212,7 @@ impl Lower {
         })?;
         let source = DirSource {
             names,
+            overrides,
             links: Mutex::new(HashMap::new()),
         };
         Ok(Lower::of_pieces(
@@ -384,6 +389,7 @@ impl Lower {
         let dirs = DirLayers {
             trees: &self.trees,
             names: &source.names,
+            overrides: &source.overrides,
         };
         let merged = dirs.read_merged(self.path(pos), &layers[i]).map_err(|e| {
             eprintln!("strata-overlayfs: error: {e}");

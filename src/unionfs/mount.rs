@@ -22,7 +22,7 @@ use super::UnionError;
 use super::fs::UnionFs;
 use super::idmap::IdMap;
 use super::lower::Lower;
-use super::upper::Upper;
+use super::upper::{OverrideXattr, Upper};
 use super::view::View;
 use crate::store::{ImageRecord, Store};
 
@@ -61,6 +61,16 @@ impl UpperDirs {
 
     /// Creates both directories if they are missing, and opens them.
     pub fn open(&self) -> Result<Upper, UnionError> {
+        self.open_over(OverrideXattr::default(), &[])
+    }
+
+    /// As `open`, keeping overrides in `xattr`, over lowers whose roots (top first)
+    /// may mark the upper's root.
+    fn open_over(
+        &self,
+        xattr: OverrideXattr,
+        lower_roots: &[&OwnedFd],
+    ) -> Result<Upper, UnionError> {
         for dir in [&self.upper, &self.work] {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -74,9 +84,11 @@ impl UpperDirs {
                     },
                 })?;
         }
-        Upper::open(&self.upper, &self.work).map_err(|source| UnionError::Upper {
-            path: self.upper.clone(),
-            source,
+        Upper::open_with(&self.upper, &self.work, xattr, lower_roots).map_err(|source| {
+            UnionError::Upper {
+                path: self.upper.clone(),
+                source,
+            }
         })
     }
 }
@@ -125,7 +137,13 @@ pub fn image_fs(
 /// The union of plain lower directories (`lowers` top first, as fuse-overlayfs and
 /// kernel overlayfs take them), read-only, or writable with `upper` over them. Only
 /// the lowers' roots are opened here: their directories are read as they are used.
-pub fn dirs_fs(lowers: &[PathBuf], upper: Option<&UpperDirs>) -> Result<UnionFs, UnionError> {
+/// The upper keeps owners and modes in `override_xattr` (fuse-overlayfs's
+/// xattr_permissions).
+pub fn dirs_fs(
+    lowers: &[PathBuf],
+    upper: Option<&UpperDirs>,
+    override_xattr: OverrideXattr,
+) -> Result<UnionFs, UnionError> {
     if lowers.len() > usize::from(u16::MAX) {
         return Err(UnionError::LowerDir(super::dirlayer::DirLayerError {
             dir: lowers[0].clone(),
@@ -134,12 +152,15 @@ pub fn dirs_fs(lowers: &[PathBuf], upper: Option<&UpperDirs>) -> Result<UnionFs,
         }));
     }
     let volatile = upper.is_some_and(|u| u.volatile);
-    let upper = upper.map(UpperDirs::open).transpose()?;
     let names: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
     let trees = names
         .iter()
         .map(|dir| super::dirlayer::open_lower(dir))
         .collect::<Result<Vec<_>, _>>()?;
+    let top_first: Vec<&OwnedFd> = trees.iter().rev().collect();
+    let upper = upper
+        .map(|u| u.open_over(override_xattr, &top_first))
+        .transpose()?;
     let lower = Lower::of_dirs(
         trees,
         names,

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::unionfs::upper::OverrideXattr;
+
 /// A parsed option list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OverlayOptions {
@@ -17,6 +19,8 @@ pub struct OverlayOptions {
     pub read_only: bool,
     /// squash_to_root, squash_to_uid, squash_to_gid, static_nlink, noxattrs.
     pub shown: crate::unionfs::fs::Presentation,
+    /// `xattr_permissions=0|1|2`: where the upper keeps owners and modes.
+    pub override_xattr: OverrideXattr,
     /// What was accepted and ignored, for `-d`.
     pub ignored: Vec<String>,
 }
@@ -29,10 +33,6 @@ pub enum OptionError {
     NoWorkdir,
     #[error("unknown option '{0}'")]
     Unknown(String),
-    #[error(
-        "option '{0}' is not supported by strata-overlayfs yet; mount without it, or use fuse-overlayfs"
-    )]
-    Unsupported(String),
     #[error("bad value in option '{0}'")]
     BadValue(String),
 }
@@ -95,8 +95,6 @@ const IGNORED_FLAGS: &[&str] = &[
     "noacl",
     "userxattr",
 ];
-/// fuse-overlayfs options that change what the mount shows; not done yet.
-const UNSUPPORTED: &[&str] = &["xattr_permissions"];
 
 /// Parses option lists (each comma-separated, as given to `-o`).
 pub fn parse(lists: &[String]) -> Result<OverlayOptions, OptionError> {
@@ -137,14 +135,15 @@ pub fn parse(lists: &[String]) -> Result<OverlayOptions, OptionError> {
             ("uidmapping", Some(v)) => out.shown.uid_map = id_ranges(option, v)?,
             ("gidmapping", Some(v)) => out.shown.gid_map = id_ranges(option, v)?,
             ("noxattrs", Some(v)) => out.shown.no_xattrs = id(option, v)? != 0,
-            (k, _) if UNSUPPORTED.contains(&k) => {
-                return Err(OptionError::Unsupported(option.into()));
+            ("xattr_permissions", Some(v)) => {
+                out.override_xattr = OverrideXattr::from_xattr_permissions(id(option, v)?)
+                    .ok_or_else(|| OptionError::BadValue(option.into()))?;
             }
             (k, Some(_)) if IGNORED_VALUED.contains(&k) => out.ignored.push(option.into()),
             (k, None) if IGNORED_FLAGS.contains(&k) => out.ignored.push(option.into()),
             (
                 "lowerdir" | "upperdir" | "workdir" | "fsync" | "squash_to_uid" | "squash_to_gid"
-                | "noxattrs",
+                | "noxattrs" | "xattr_permissions",
                 _,
             ) => {
                 return Err(OptionError::BadValue(option.into()));
@@ -161,17 +160,23 @@ pub fn parse(lists: &[String]) -> Result<OverlayOptions, OptionError> {
     Ok(out)
 }
 
-/// `SHOWN:STORED:COUNT[:SHOWN:STORED:COUNT...]`, as fuse-overlayfs takes it (the
-/// container's id, the host's id, how many).
+/// `STORED:SHOWN:COUNT[:STORED:SHOWN:COUNT...]`, as fuse-overlayfs reads it: an
+/// owner stored (as the daemon sees it) as `STORED + k` shows as `SHOWN + k`
+/// (containers/fuse-overlayfs, main.c, `read_mappings` and `find_mapping`; podman's
+/// `--userns=keep-id` passes `:0:1:999:...`, stored 0 shown 1, which is the
+/// container's root there). Returned as (shown, stored, count). Empty fields are skipped, as
+/// fuse-overlayfs's strtok skips them: podman (containers/storage) writes each
+/// range as `:A:B:C`, so its value starts with a colon.
 fn id_ranges(option: &str, value: &str) -> Result<Vec<(u32, u32, u32)>, OptionError> {
     let numbers = value
         .split(':')
+        .filter(|n| !n.is_empty())
         .map(|n| id(option, n))
         .collect::<Result<Vec<u32>, _>>()?;
     if numbers.is_empty() || numbers.len() % 3 != 0 {
         return Err(OptionError::BadValue(option.into()));
     }
-    Ok(numbers.chunks(3).map(|c| (c[0], c[1], c[2])).collect())
+    Ok(numbers.chunks(3).map(|c| (c[1], c[0], c[2])).collect())
 }
 
 fn id(option: &str, value: &str) -> Result<u32, OptionError> {
@@ -203,7 +208,31 @@ mod tests {
         );
         assert!(squashed.shown.static_nlink && squashed.shown.no_xattrs);
         let mapped = p("lowerdir=/l,uidmapping=0:1000:1:1:100000:65536").unwrap();
-        assert_eq!(mapped.shown.uid_map, vec![(0, 1000, 1), (1, 100000, 65536)]);
+        assert_eq!(mapped.shown.uid_map, vec![(1000, 0, 1), (100000, 1, 65536)]);
+        // podman 4.3's own string, for `--userns=keep-id`.
+        let podman =
+            p("lowerdir=/l,,volatile,uidmapping=:0:1:999:999:0:1:1000:1000:64537").unwrap();
+        assert_eq!(
+            podman.shown.uid_map,
+            vec![(1, 0, 999), (0, 999, 1), (1000, 1000, 64537)]
+        );
+        assert_eq!(mapped.override_xattr, OverrideXattr::Containers);
+        for (n, want) in [
+            (0, OverrideXattr::Containers),
+            (1, OverrideXattr::Privileged),
+            (2, OverrideXattr::User),
+        ] {
+            let o = p(&format!("lowerdir=/l,xattr_permissions={n}")).unwrap();
+            assert_eq!(o.override_xattr, want, "xattr_permissions={n}");
+        }
+        assert_eq!(
+            OverrideXattr::User.name(),
+            "user.fuseoverlayfs.override_stat"
+        );
+        assert_eq!(
+            OverrideXattr::Privileged.name(),
+            "security.fuseoverlayfs.override_stat"
+        );
         let two = parse(&["rw".into(), "lowerdir=/l".into()]).unwrap();
         assert_eq!(two.lowerdirs, vec![PathBuf::from("/l")]);
     }
@@ -217,12 +246,20 @@ mod tests {
             Err(OptionError::Unknown("frobnicate".into()))
         );
         assert_eq!(
-            p("lowerdir=/l,xattr_permissions=1"),
-            Err(OptionError::Unsupported("xattr_permissions=1".into()))
+            p("lowerdir=/l,xattr_permissions=3"),
+            Err(OptionError::BadValue("xattr_permissions=3".into()))
+        );
+        assert_eq!(
+            p("lowerdir=/l,xattr_permissions"),
+            Err(OptionError::BadValue("xattr_permissions".into()))
         );
         assert_eq!(
             p("lowerdir=/l,uidmapping=0:1000"),
             Err(OptionError::BadValue("uidmapping=0:1000".into()))
+        );
+        assert_eq!(
+            p("lowerdir=/l,uidmapping=::"),
+            Err(OptionError::BadValue("uidmapping=::".into()))
         );
         assert_eq!(
             p("lowerdir=/l,squash_to_uid=x"),

@@ -21,6 +21,17 @@
 //!   a fourth field, `:block-MAJ-MIN`, `:char-MAJ-MIN`, `:pipe`, `:socket`, ... as
 //!   containers/storage writes it; readers that know three fields stop before it.
 //!   We write it only when the owner is not the daemon's own, or the type needs it.
+//! - **The xattr of the override** is a property of the upper ([`OverrideXattr`]):
+//!   `user.containers.override_stat` by default, as above. fuse-overlayfs's
+//!   `xattr_permissions=1` and `=2` keep every regular file's and directory's owner
+//!   and mode in `security.fuseoverlayfs.override_stat` or
+//!   `user.fuseoverlayfs.override_stat` instead, never chowning; its readers then
+//!   fail (ENODATA) on a file of that upper without one. So in those modes strata
+//!   records the override on every regular file and directory it makes or changes,
+//!   and marks the upper's root with it at mount (fuse-overlayfs decides from a
+//!   layer's root which of the three names that layer's files carry: see
+//!   [`layer_override_xattr`]). `security.*` needs CAP_SYS_ADMIN over the upper's
+//!   filesystem: [`Upper::open_with`] tries it at once and says so if it is refused.
 //!
 //! Every path is relative to the upper (`"a/b/c"`, `""` for the root). The parent is
 //! opened with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS |
@@ -71,7 +82,74 @@ pub const OPAQUE_XATTRS_READ: [&str; 3] = [
     "user.overlay.opaque",
     "user.fuseoverlayfs.opaque",
 ];
+/// The default override xattr (containers/storage's name, which fuse-overlayfs reads).
 pub const OVERRIDE_XATTR: &str = "user.containers.override_stat";
+/// fuse-overlayfs's `xattr_permissions=2`.
+pub const USER_OVERRIDE_XATTR: &str = "user.fuseoverlayfs.override_stat";
+/// fuse-overlayfs's `xattr_permissions=1`: CAP_SYS_ADMIN over the filesystem to write.
+pub const PRIVILEGED_OVERRIDE_XATTR: &str = "security.fuseoverlayfs.override_stat";
+
+/// Where an upper keeps the owners and modes it does not give its files on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OverrideXattr {
+    /// [`OVERRIDE_XATTR`], only where the host cannot store the owner.
+    #[default]
+    Containers,
+    /// [`PRIVILEGED_OVERRIDE_XATTR`], on every regular file and directory.
+    Privileged,
+    /// [`USER_OVERRIDE_XATTR`], on every regular file and directory.
+    User,
+}
+
+impl OverrideXattr {
+    /// What fuse-overlayfs's `xattr_permissions=N` asks for; None for other values.
+    pub fn from_xattr_permissions(n: u32) -> Option<OverrideXattr> {
+        match n {
+            0 => Some(OverrideXattr::Containers),
+            1 => Some(OverrideXattr::Privileged),
+            2 => Some(OverrideXattr::User),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OverrideXattr::Containers => OVERRIDE_XATTR,
+            OverrideXattr::Privileged => PRIVILEGED_OVERRIDE_XATTR,
+            OverrideXattr::User => USER_OVERRIDE_XATTR,
+        }
+    }
+
+    /// Every regular file and directory carries the override, whoever owns it.
+    pub fn always(self) -> bool {
+        self != OverrideXattr::Containers
+    }
+}
+
+/// The override `name` of the open directory `dir`, if it has a well-formed one.
+pub fn dir_override(dir: &OwnedFd, name: &str) -> Option<OverrideStat> {
+    match fget_xattr(dir.as_fd(), name.as_bytes()) {
+        Ok(Some(v)) if v.len() <= OVERRIDE_MAX => OverrideStat::decode(&v).ok(),
+        _ => None,
+    }
+}
+
+/// The override xattr the files of a lower layer carry, as fuse-overlayfs decides
+/// it: the first of the privileged, the containers and the fuse-overlayfs user name
+/// that the layer's root has. fuse-overlayfs reads none where the root has none;
+/// strata reads the containers name there, as it always has (its own uppers mark
+/// only the files whose owner the host could not store, never the root).
+pub fn layer_override_xattr(root: &OwnedFd) -> &'static str {
+    [
+        PRIVILEGED_OVERRIDE_XATTR,
+        OVERRIDE_XATTR,
+        USER_OVERRIDE_XATTR,
+    ]
+    .into_iter()
+    .find(|name| matches!(fget_xattr(root.as_fd(), name.as_bytes()), Ok(Some(_))))
+    .unwrap_or(OVERRIDE_XATTR)
+}
+
 /// The prefix of a whiteout file where the kernel refuses a 0/0 device.
 pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
 
@@ -108,8 +186,13 @@ pub enum UpperError {
     #[error("'{0}' is not a name strata can create in the upper")]
     BadName(String),
 
-    #[error("malformed {OVERRIDE_XATTR} value '{0}'")]
+    #[error("malformed override xattr value '{0}'")]
     BadOverride(String),
+
+    #[error(
+        "xattr_permissions=1 keeps owners and modes in {PRIVILEGED_OVERRIDE_XATTR}, and the kernel refused to write it in {upper} ({errno}): security.* xattrs need CAP_SYS_ADMIN over that filesystem; use xattr_permissions=2 (user.fuseoverlayfs.override_stat) or mount as root"
+    )]
+    PrivilegedXattr { upper: PathBuf, errno: Errno },
 
     #[error("the lower file '{0}' changed size while it was copied up")]
     SourceChanged(String),
@@ -122,6 +205,7 @@ impl UpperError {
             UpperError::Open { source, .. } => Some(*source),
             UpperError::Sys { errno, .. } => Some(*errno),
             UpperError::BadName(_) => Some(Errno::EINVAL),
+            UpperError::PrivilegedXattr { errno, .. } => Some(*errno),
             _ => None,
         }
     }
@@ -153,7 +237,7 @@ pub enum OverrideKind {
     Char { major: u32, minor: u32 },
 }
 
-/// The owner and mode of `user.containers.override_stat`.
+/// The owner and mode of an override xattr (`user.containers.override_stat`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OverrideStat {
     pub uid: u32,
@@ -180,10 +264,13 @@ impl OverrideStat {
         let mut fields = text.splitn(4, ':');
         let uid = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
         let gid = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+        // fuse-overlayfs writes the whole st_mode, file type bits included
+        // (`0:0:100644`), and keeps only the permission bits when it reads.
         let mode = fields
             .next()
             .and_then(|f| u32::from_str_radix(f, 8).ok())
-            .filter(|m| *m <= 0o7777)
+            .filter(|m| m & !0o7777 == 0 || is_file_type(m & !0o7777))
+            .map(|m| m & 0o7777)
             .ok_or_else(bad)?;
         let kind = match fields.next() {
             None => None,
@@ -196,6 +283,20 @@ impl OverrideStat {
             kind,
         })
     }
+}
+
+/// Whether `bits` are one file type of st_mode, nothing else.
+fn is_file_type(bits: u32) -> bool {
+    [
+        libc::S_IFREG,
+        libc::S_IFDIR,
+        libc::S_IFLNK,
+        libc::S_IFIFO,
+        libc::S_IFSOCK,
+        libc::S_IFCHR,
+        libc::S_IFBLK,
+    ]
+    .contains(&bits)
 }
 
 fn encode_kind(kind: OverrideKind) -> String {
@@ -278,6 +379,7 @@ fn temp_name() -> String {
 pub struct Upper {
     upper: OwnedFd,
     work: OwnedFd,
+    over_xattr: OverrideXattr,
     /// An exclusive flock on work/ for as long as the upper is in use: two daemons
     /// writing one upper would each trust a picture of it the other changes (kernel
     /// overlayfs refuses that too, with EBUSY).
@@ -351,8 +453,76 @@ impl Upper {
         Ok(Upper {
             upper: upper_fd,
             work: work_fd,
+            over_xattr: OverrideXattr::default(),
             _in_use: in_use,
         })
+    }
+
+    /// Opens an upper that keeps overrides in `over_xattr`. Where that is on every
+    /// file (fuse-overlayfs's xattr_permissions), the upper's root is marked with it
+    /// now, as fuse-overlayfs marks it: with the first of `lower_roots` (top first)
+    /// that has the same mark, else with the root's own owner and mode. A privileged
+    /// name is tried here, so that a refusal is said at mount, not at the first write.
+    pub fn open_with(
+        upper: &Path,
+        work: &Path,
+        over_xattr: OverrideXattr,
+        lower_roots: &[&OwnedFd],
+    ) -> Result<Upper, UpperError> {
+        let mut opened = Upper::open(upper, work)?;
+        opened.over_xattr = over_xattr;
+        if over_xattr.always() {
+            opened.mark_root(upper, lower_roots)?;
+        }
+        Ok(opened)
+    }
+
+    fn mark_root(&self, upper: &Path, lower_roots: &[&OwnedFd]) -> Result<(), UpperError> {
+        let name = self.over_xattr.name().as_bytes();
+        let refused = |errno| match self.over_xattr {
+            OverrideXattr::Privileged if matches!(errno, Errno::EPERM | Errno::ENOTSUP) => {
+                UpperError::PrivilegedXattr {
+                    upper: upper.to_path_buf(),
+                    errno,
+                }
+            }
+            _ => sys("setxattr", b"")(errno),
+        };
+        let value = match fget_xattr(self.upper.as_fd(), name).map_err(sys("getxattr", b""))? {
+            // Set again, the same: the test of whether we may write it.
+            Some(v) => v,
+            None => self.root_mark_from(lower_roots)?,
+        };
+        fset_xattr(self.upper.as_fd(), name, &value).map_err(refused)
+    }
+
+    /// The mark a new upper root takes: a lower root's (by our name, or for the
+    /// unprivileged one the containers name too), else the root's own stat.
+    fn root_mark_from(&self, lower_roots: &[&OwnedFd]) -> Result<Vec<u8>, UpperError> {
+        let mut names = vec![self.over_xattr.name()];
+        if self.over_xattr == OverrideXattr::User {
+            names.push(OVERRIDE_XATTR);
+        }
+        for root in lower_roots {
+            for name in &names {
+                if let Ok(Some(v)) = fget_xattr(root.as_fd(), name.as_bytes()) {
+                    return Ok(v);
+                }
+            }
+        }
+        let st = nix::sys::stat::fstat(&self.upper).map_err(sys("stat", b""))?;
+        let own = OverrideStat {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode & 0o7777,
+            kind: None,
+        };
+        Ok(own.encode().into_bytes())
+    }
+
+    /// The xattr this upper keeps overrides in.
+    pub fn override_xattr(&self) -> OverrideXattr {
+        self.over_xattr
     }
 
     /// Opens a directory of the upper, never through a symlink, never outside it.
@@ -453,12 +623,12 @@ impl Upper {
         dir_is_opaque(&self.open_dir(path)?, path)
     }
 
-    /// Records the owner and mode of `path` in `user.containers.override_stat`.
+    /// Records the owner and mode of `path` in the upper's override xattr.
     pub fn set_override(&self, path: &[u8], stat: &OverrideStat) -> Result<(), UpperError> {
         let node = self.open_node(path)?;
         path_set_xattr(
             node.as_fd(),
-            OVERRIDE_XATTR.as_bytes(),
+            self.over_xattr.name().as_bytes(),
             stat.encode().as_bytes(),
             0,
         )
@@ -468,7 +638,7 @@ impl Upper {
     /// The override recorded on `path`, if any.
     pub fn get_override(&self, path: &[u8]) -> Result<Option<OverrideStat>, UpperError> {
         let node = self.open_node(path)?;
-        match path_get_xattr(&node, OVERRIDE_XATTR.as_bytes()) {
+        match path_get_xattr(&node, self.over_xattr.name().as_bytes()) {
             Ok(Some(v)) if v.len() <= OVERRIDE_MAX => OverrideStat::decode(&v).map(Some),
             Ok(Some(v)) => Err(UpperError::BadOverride(
                 String::from_utf8_lossy(&v).into_owned(),
@@ -522,7 +692,7 @@ impl Upper {
         if let Some(origin) = &meta.origin {
             fset_xattr(fd, ORIGIN_XATTR.as_bytes(), origin).map_err(sys("setxattr", path))?;
         }
-        let over = own_fd(fd, meta.uid, meta.gid, meta.mode, path)?;
+        let over = self.own_fd(fd, meta.uid, meta.gid, meta.mode, path)?;
         nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(meta.mode & 0o7777))
             .map_err(sys("chmod", path))?;
         let (atime, mtime) = meta.times();
@@ -633,6 +803,7 @@ pub fn is_private_xattr(name: &[u8]) -> bool {
         || name.starts_with(b"trusted.overlay.")
         || name.starts_with(b"user.fuseoverlayfs.")
         || name == OVERRIDE_XATTR.as_bytes()
+        || name == PRIVILEGED_OVERRIDE_XATTR.as_bytes()
 }
 
 /// One name of an upper directory, with what the union needs to know of it.
@@ -732,47 +903,72 @@ fn is_own(uid: u32, gid: u32) -> bool {
     uid == nix::unistd::geteuid().as_raw() && gid == nix::unistd::getegid().as_raw()
 }
 
-/// Gives the node `fd` holds (any descriptor, O_PATH too) the owner `uid:gid`, or,
-/// where the host cannot store it (an id our namespace does not map, no CAP_CHOWN),
-/// records it in the override xattr. Returns the override it recorded.
-fn own_fd(
-    fd: BorrowedFd,
-    uid: u32,
-    gid: u32,
-    mode: u32,
-    path: &[u8],
-) -> Result<Option<OverrideStat>, UpperError> {
-    if is_own(uid, gid) {
-        return Ok(None);
-    }
-    let result = nix::unistd::fchownat(
-        fd,
-        "",
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(gid)),
-        AtFlags::AT_EMPTY_PATH,
-    );
-    match result {
-        Ok(()) => Ok(None),
-        Err(Errno::EPERM) | Err(Errno::EINVAL) => {
-            let over = OverrideStat {
-                uid,
-                gid,
-                mode: mode & 0o7777,
-                kind: None,
-            };
-            path_set_xattr(fd, OVERRIDE_XATTR.as_bytes(), over.encode().as_bytes(), 0)
-                .map_err(sys("setxattr", path))?;
-            Ok(Some(over))
+impl Upper {
+    /// Gives the node `fd` holds (any descriptor, O_PATH too) the owner `uid:gid`,
+    /// or, where the host cannot store it (an id our namespace does not map, no
+    /// CAP_CHOWN) or the upper keeps every owner in the xattr, records it in the
+    /// override xattr. Returns the override it recorded.
+    fn own_fd(
+        &self,
+        fd: BorrowedFd,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        path: &[u8],
+    ) -> Result<Option<OverrideStat>, UpperError> {
+        if self.over_xattr.always() && self.takes_override(fd, path)? {
+            return self.record_override(fd, uid, gid, mode, path).map(Some);
         }
-        Err(e) => Err(sys("chown", path)(e)),
+        if is_own(uid, gid) {
+            return Ok(None);
+        }
+        let result = nix::unistd::fchownat(
+            fd,
+            "",
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+            AtFlags::AT_EMPTY_PATH,
+        );
+        match result {
+            Ok(()) => Ok(None),
+            Err(Errno::EPERM) | Err(Errno::EINVAL) => {
+                self.record_override(fd, uid, gid, mode, path).map(Some)
+            }
+            Err(e) => Err(sys("chown", path)(e)),
+        }
+    }
+
+    fn record_override(
+        &self,
+        fd: BorrowedFd,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        path: &[u8],
+    ) -> Result<OverrideStat, UpperError> {
+        let over = OverrideStat {
+            uid,
+            gid,
+            mode: mode & 0o7777,
+            kind: None,
+        };
+        let name = self.over_xattr.name().as_bytes();
+        path_set_xattr(fd, name, over.encode().as_bytes(), 0).map_err(sys("setxattr", path))?;
+        Ok(over)
+    }
+
+    /// A regular file or directory: what fuse-overlayfs keeps overrides for (the
+    /// others take no `user.*` xattrs).
+    fn takes_override(&self, fd: BorrowedFd, path: &[u8]) -> Result<bool, UpperError> {
+        let st = nix::sys::stat::fstat(fd).map_err(sys("stat", path))?;
+        Ok(!takes_no_xattrs(&st))
     }
 }
 
 impl Upper {
     /// The entries of the upper directory `path`, and whether it is opaque.
     pub fn read_dir(&self, path: &[u8]) -> Result<(Vec<UpperEntry>, bool), UpperError> {
-        read_overlay_dir(&self.open_dir(path)?, path, false)
+        read_overlay_dir(&self.open_dir(path)?, path, false, self.over_xattr.name())
     }
 
     /// The origins recorded for the symlinks of the directory `path`.
@@ -907,7 +1103,7 @@ impl Upper {
                 held.as_fd()
             }
         };
-        let over = own_fd(fd, uid, gid, mode, path)?;
+        let over = self.own_fd(fd, uid, gid, mode, path)?;
         if opaque && matches!(node, NewNode::Dir { .. }) {
             fset_xattr(fd, OPAQUE_XATTR.as_bytes(), b"y").map_err(sys("setxattr", path))?;
         }
@@ -1057,6 +1253,14 @@ impl Upper {
         mode: u32,
         symlink: bool,
     ) -> Result<Option<OverrideStat>, UpperError> {
+        if self.over_xattr.always() && !symlink {
+            let node = self.open_node(path)?;
+            if self.takes_override(node.as_fd(), path)? {
+                return self
+                    .record_override(node.as_fd(), uid, gid, mode, path)
+                    .map(Some);
+            }
+        }
         let (parent, name) = self.parent_or_root(path)?;
         let result = nix::unistd::fchownat(
             &parent,
@@ -1069,7 +1273,7 @@ impl Upper {
             Ok(()) => {
                 if !symlink {
                     let node = self.open_node(path)?;
-                    match path_remove_xattr(&node, OVERRIDE_XATTR.as_bytes()) {
+                    match path_remove_xattr(&node, self.over_xattr.name().as_bytes()) {
                         // Fifos, sockets and devices take no user.* xattrs at all.
                         Ok(()) | Err(Errno::ENODATA) | Err(Errno::EPERM) | Err(Errno::ENOTSUP) => {}
                         Err(e) => return Err(sys("removexattr", path)(e)),
@@ -1291,6 +1495,7 @@ pub fn read_overlay_dir(
     dir: &OwnedFd,
     path: &[u8],
     with_xattrs: bool,
+    override_xattr: &str,
 ) -> Result<(Vec<UpperEntry>, bool), UpperError> {
     let mut opaque = dir_is_opaque(dir, path)?;
     let symlink_origins = dir_symlink_origins(dir, path)?;
@@ -1317,7 +1522,7 @@ pub fn read_overlay_dir(
             entries.push(UpperEntry::Whiteout { name });
             continue;
         }
-        let marks = private_marks(dir, &name, &stat, with_xattrs)?;
+        let marks = private_marks(dir, &name, &stat, with_xattrs, override_xattr)?;
         let mut origin = marks.origin;
         if origin.is_none() && takes_no_xattrs(&stat) {
             origin = symlink_origins
@@ -1353,6 +1558,7 @@ fn private_marks(
     name: &[u8],
     stat: &FileStat,
     with_xattrs: bool,
+    override_xattr: &str,
 ) -> Result<Marks, UpperError> {
     let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
     if kind == SFlag::S_IFLNK {
@@ -1377,8 +1583,8 @@ fn private_marks(
             .iter()
             .any(|x| has(x) && get(x.as_bytes()).ok().flatten().as_deref() == Some(b"y"));
     }
-    if has(OVERRIDE_XATTR) {
-        marks.over = match get(OVERRIDE_XATTR.as_bytes()) {
+    if has(override_xattr) {
+        marks.over = match get(override_xattr.as_bytes()) {
             Ok(Some(v)) if v.len() <= OVERRIDE_MAX => OverrideStat::decode(&v).ok(),
             _ => None,
         };
@@ -1812,6 +2018,9 @@ mod tests {
         assert_eq!(OverrideStat::decode(b"0:42:04755").unwrap(), plain);
         // fuse-overlayfs's sscanf("%o") takes the mode without its leading 0 too.
         assert_eq!(OverrideStat::decode(b"0:42:4755").unwrap(), plain);
+        // fuse-overlayfs's form: the whole st_mode, the file type included.
+        assert_eq!(OverrideStat::decode(b"0:42:104755").unwrap(), plain);
+        assert_eq!(OverrideStat::decode(b"0:42:40755").unwrap().mode, 0o755);
         let dev = OverrideStat {
             uid: 1000,
             gid: 1000,
@@ -1839,11 +2048,79 @@ mod tests {
             b"1:2",
             b"a:2:0755",
             b"1:2:0999",
-            b"1:2:017777",
+            b"1:2:037777",
+            b"1:2:0200755",
             b"1:2:0755:tape",
         ] {
             assert!(OverrideStat::decode(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn xattr_permissions_upper_keeps_every_owner_in_its_xattr() {
+        let dir = tempfile::tempdir().unwrap();
+        let (up, work, low) = (
+            dir.path().join("upper"),
+            dir.path().join("work"),
+            dir.path().join("lower"),
+        );
+        for d in [&up, &work, &low] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let lower = nix::fcntl::open(&low, OFlag::O_RDONLY, Mode::empty()).unwrap();
+        fset_xattr(lower.as_fd(), OVERRIDE_XATTR.as_bytes(), b"7:8:0711").unwrap();
+        assert_eq!(layer_override_xattr(&lower), OVERRIDE_XATTR);
+        fset_xattr(lower.as_fd(), USER_OVERRIDE_XATTR.as_bytes(), b"1:2:0755").unwrap();
+        assert_eq!(
+            layer_override_xattr(&lower),
+            OVERRIDE_XATTR,
+            "the containers name comes before fuse-overlayfs's user name"
+        );
+        let upper = Upper::open_with(&up, &work, OverrideXattr::User, &[&lower]).unwrap();
+        // The root mark comes from the lower's root: the containers name counts too.
+        let root = nix::fcntl::open(&up, OFlag::O_RDONLY, Mode::empty()).unwrap();
+        assert_eq!(layer_override_xattr(&root), USER_OVERRIDE_XATTR);
+        assert_eq!(upper.get_override(b"").unwrap().unwrap().uid, 1);
+        let own = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let (_, _, over) = upper
+            .create(b"f", NewNode::File { mode: 0o640 }, own, false)
+            .unwrap();
+        let want = OverrideStat {
+            uid: own.0,
+            gid: own.1,
+            mode: 0o640,
+            kind: None,
+        };
+        assert_eq!(over, Some(want), "recorded although the owner is our own");
+        assert_eq!(upper.get_override(b"f").unwrap(), Some(want));
+        let node = upper.open_node(b"f").unwrap();
+        assert_eq!(
+            path_get_xattr(&node, OVERRIDE_XATTR.as_bytes()).unwrap(),
+            None
+        );
+        let (_, _, over) = upper
+            .create(
+                b"p",
+                NewNode::Special {
+                    mode: libc::S_IFIFO | 0o600,
+                    rdev: 0,
+                },
+                own,
+                false,
+            )
+            .unwrap();
+        assert_eq!(over, None, "a fifo takes no user.* xattr");
+        let chowned = upper.chown(b"f", own.0, own.1, 0o600, false).unwrap();
+        assert_eq!(chowned.map(|o| o.mode), Some(0o600));
+        let (entries, _) = upper.read_dir(b"").unwrap();
+        let f = entries.iter().find_map(|e| match e {
+            UpperEntry::Node { name, over, .. } if name == b"f" => Some(*over),
+            _ => None,
+        });
+        assert_eq!(f.flatten().map(|o| o.mode), Some(0o600));
     }
 
     #[test]
