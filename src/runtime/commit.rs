@@ -36,7 +36,7 @@ use crate::store::export::load;
 use crate::store::import::{ImportRequest, Quiet, import};
 use crate::store::lock::FileLock;
 use crate::store::staging::Staging;
-use crate::unionfs::upper::{UpperEntry, read_overlay_dir};
+use crate::unionfs::upper::{OVERRIDE_XATTR, UpperEntry, read_overlay_dir};
 
 /// Files strata creates empty in a writable layer only to bind its own over them.
 const MOUNT_POINT_FILES: [&str; 3] = ["etc/hosts", "etc/hostname", "etc/resolv.conf"];
@@ -300,8 +300,8 @@ fn tar_dir<W: Write>(
     links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> io::Result<()> {
     let rel = path.as_os_str().as_bytes();
-    let (mut entries, opaque) =
-        read_overlay_dir(dir, rel, true).map_err(|e| io::Error::other(e.to_string()))?;
+    let (mut entries, opaque) = read_overlay_dir(dir, rel, true, OVERRIDE_XATTR)
+        .map_err(|e| io::Error::other(e.to_string()))?;
     if opaque && !rel.is_empty() {
         marker(tar, &path.join(".wh..wh..opq"))?;
     }
