@@ -4,9 +4,10 @@
 # fuse-overlayfs, kernel overlayfs and a native flat copy, all over the same
 # image layers, in one run.
 #
-#   scripts/bench-lower.sh [--quick] [--runs N] [--raw FILE] [--strata BINARY] OUTDIR
+#   scripts/bench-lower.sh [--quick] [--runs N] [--layers N] [--raw FILE] [--strata BINARY] OUTDIR
 #
-# OUTDIR is an output of scripts/make-test-image.py (its oci-20/ and overlay-20/).
+# OUTDIR is an output of scripts/make-test-image.py: its oci-N/ and overlay-N/
+# with --layers N (20 by default; make-test-image.py also makes 5).
 # Run it as an unprivileged user; as root it copies the strata binary to
 # /tmp/strata-bench-bin and re-executes itself as the user strata-demo (or
 # $STRATA_BENCH_USER), which must be able to read OUTDIR. Kernel overlayfs and
@@ -14,14 +15,14 @@
 # the user who built OUTDIR when some of its files (etc/shadow, root/) are private.
 #
 # What it does:
-#  1. imports OUTDIR/oci-20 into a fresh store, in a temporary directory on the
+#  1. imports OUTDIR/oci-N into a fresh store, in a temporary directory on the
 #     filesystem of OUTDIR (the flat copy goes there too);
 #  2. inside one `unshare -Urm --pid`, so that every mount and every daemon dies
-#     with it, mounts over the same 20 layers:
-#       strata          strata mount test20 M
-#       strata-overlayfs  strata-overlayfs -o lowerdir=L19:...:L0 M   (read-only)
-#       fuse-overlayfs  fuse-overlayfs -o lowerdir=L19:...:L0 M   (read-only)
-#       kernel-overlay  mount -t overlay -o lowerdir=L19:...:L0,userxattr M
+#     with it, mounts over the same N layers (read-only, no upper):
+#       strata          strata mount testN M
+#       strata-overlayfs  strata-overlayfs -o lowerdir=L(N-1):...:L0 M
+#       fuse-overlayfs  fuse-overlayfs -o lowerdir=L(N-1):...:L0 M
+#       kernel-overlay  mount -t overlay -o lowerdir=L(N-1):...:L0,userxattr M
 #       native          a bind mount of `cp -a` of the kernel overlay's view
 #     and compares the trees (names, types, modes, owners, sizes, nlink, mtimes,
 #     symlink targets, file contents, xattrs, hardlink groups) against the kernel
@@ -30,9 +31,14 @@
 #     times each (default 10):
 #       stat walk, warm                 find M -xdev -printf '%i %s\n' >/dev/null
 #       read all, warm                  tar -C M -cf - . | cat >/dev/null
+#       python imports, warm            chroot M python3 -I -B -c 'import json,
+#                                         email, asyncio, http.client'
 #       stat walk, first after mount    the same on a fresh mount
 #       read all, first after mount     the same on another fresh mount
+#       python imports, first after mount  the same on another fresh mount
 #       mount (until it answers)        the remount before each "first" workload
+#     The python workloads need a python3 that runs in the image (the Debian
+#     test image has one; --quick's synthetic image does not, and says so).
 #     Warm means after one warm-up walk and read of the same mount. Caches cannot
 #     be dropped unprivileged: "first after mount" is the first walk on a new
 #     mount, with the backing files (layer trees, overlay dirs) in the page cache
@@ -101,6 +107,12 @@ inner() {
     }
     walk() { find "$work/mnt/$1" -xdev -printf '%i %s\n' >/dev/null; }
     readall() { tar -C "$work/mnt/$1" -cf - . | cat >/dev/null; }
+    # -B: no bytecode written (native's copy is writable, the others are not);
+    # -I: nothing from the caller's environment or home.
+    pyimport() {
+        "$chroot" "$work/mnt/$1" /usr/bin/env -i /usr/bin/python3 -I -B \
+            -c 'import json, email, asyncio, http.client' >/dev/null
+    }
     timed() {  # workload candidate run command...
         local w=$1 c=$2 r=$3 t0 t1
         shift 3
@@ -129,8 +141,21 @@ inner() {
             | tee -a "$work/differences.txt" >&2
     done
 
-    note "warm-up: one walk and one read of each mount"
-    for c in "${CANDIDATES[@]}"; do walk "$c"; readall "$c"; done
+    # Python runs only where the image has a working one.
+    local python=0 chroot
+    chroot=$(command -v chroot || echo /usr/sbin/chroot)
+    if pyimport kernel-overlay 2>"$work/python.err"; then
+        python=1
+    else
+        printf '%s\n' "$(head -c 300 "$work/python.err" | tr '\n' ' ')" >"$work/python-unavailable"
+        note "python imports: not measured: python3 does not run in the image (above)"
+    fi
+
+    note "warm-up: one walk and one read (and one python run) of each mount"
+    for c in "${CANDIDATES[@]}"; do
+        walk "$c"; readall "$c"
+        [ $python = 0 ] || pyimport "$c" || { echo "$prog: error: python3 fails in $c's view" >&2; exit 1; }
+    done
 
     local r
     note "warm: $runs runs of each"
@@ -139,6 +164,7 @@ inner() {
         for c in "${bench_order[@]}"; do
             timed "stat walk, warm" "$c" "$r" walk
             timed "read all, warm" "$c" "$r" readall
+            [ $python = 0 ] || timed "python imports, warm" "$c" "$r" pyimport
         done
         printf '.' >&2
     done
@@ -151,6 +177,10 @@ inner() {
             timed "stat walk, first after mount" "$c" "$r" walk
             umount_c "$c"; timed_mount "$c" "mount (until it answers)" "$r"
             timed "read all, first after mount" "$c" "$r" readall
+            if [ $python = 1 ]; then
+                umount_c "$c"; timed_mount "$c" "mount (until it answers)" "$r"
+                timed "python imports, first after mount" "$c" "$r" pyimport
+            fi
         done
         printf '.' >&2
     done
@@ -174,7 +204,15 @@ fi
 # --------------------------------------------------------------------------
 # The outer part.
 # --------------------------------------------------------------------------
+layers=20
+bench_option() {
+    case $1 in
+        --layers) [ $# -ge 2 ] || die "--layers needs a number"; layers=$2; bench_took=2 ;;
+        --layers=*) layers=${1#--layers=}; bench_took=1 ;;
+    esac
+}
 bench_parse_args "$@"
+[[ $layers =~ ^[1-9][0-9]*$ ]] || die "--layers takes a positive number, not '$layers'"
 bench_drop_root bench_lower_report.py make-test-image.py ocilayout.py
 bench_check_host unshare fuse-overlayfs mount umount mountpoint find tar md5sum python3 setpriv
 "$strata" mount --help >/dev/null 2>&1 || die "$strata has no 'mount' command: rebuild it (cargo build --release)"
@@ -188,7 +226,7 @@ CANDIDATES+=(fuse-overlayfs kernel-overlay native)
 # The work directory: on the filesystem of OUTDIR, so that the store, the flat
 # copy and the overlay layers share one filesystem.
 bench_install_cleanup
-bench_setup_image 20
+bench_setup_image "$layers"
 bench_import
 
 export BL_WORK=$work BL_STRATA=$strata BL_IMAGE=$image BL_RUNS=$runs BL_LAYERS=$nlayers \
@@ -209,4 +247,5 @@ python3 "$report" table "$work/times.tsv" \
     --meta "import=strata import of oci-$nlayers: $import_secs s (once, not part of the table)" \
     "${unavailable[@]}" \
     ${work:+--rss "$work/rss.tsv"} \
+    --python-unavailable "$work/python-unavailable" \
     --differences "$work/differences.txt"

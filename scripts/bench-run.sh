@@ -6,7 +6,7 @@
 # the image as a flat directory (umoci unpack --rootless of the same OCI image),
 # bwrap with the same namespaces, ch-run with its own (user and mount).
 #
-#   scripts/bench-run.sh [--quick] [--runs N] [--strata BINARY] [LAYOUT[:REF]]
+#   scripts/bench-run.sh [--quick] [--runs N] [--raw FILE] [--strata BINARY] [LAYOUT[:REF]]
 #
 # LAYOUT is an OCI image layout whose image has /bin/true (default: the project's
 # busybox image, built by scripts/make-default-image.py into the work directory).
@@ -14,7 +14,8 @@
 # the table gives median seconds (min–max) and the ratios of medians;
 # strata-single is strata with --userns=single (no newuidmap/newgidmap). --quick: 3
 # runs (CI runs it so the script never rots; its timings are printed, never
-# asserted). As root it re-executes itself as strata-demo or $STRATA_BENCH_USER.
+# asserted). --raw FILE keeps every timing (TSV: workload, candidate, run, start,
+# end). As root it re-executes itself as strata-demo or $STRATA_BENCH_USER.
 #
 # Needs: python3, umoci, bwrap (bubblewrap), ch-run (charliecloud-runtime); a
 # candidate whose tool is missing is reported as unavailable.
@@ -32,6 +33,7 @@ while [ $# -gt 0 ]; do
         --runs) [ $# -ge 2 ] || die "--runs needs a number"; runs=$2; shift ;;
         --runs=*) runs=${1#--runs=} ;;
         --strata) [ $# -ge 2 ] || die "--strata needs a binary"; strata=$2; shift ;;
+        --raw) [ $# -ge 2 ] || die "--raw needs a file"; raw=$2; shift ;;
         -h|--help) usage; exit 0 ;;
         -*) die "unknown option $1 (see --help)" ;;
         *) [ -z "$layout" ] || die "one LAYOUT only"; layout=$1 ;;
@@ -85,16 +87,17 @@ for r in $(seq "$runs"); do
         t0=$(date +%s.%N)
         start "$c" >/dev/null
         t1=$(date +%s.%N)
-        printf '%s\t%s\t%s\n' "$c" "$t0" "$t1" >>"$times"
+        printf 'container start\t%s\t%s\t%s\t%s\n' "$c" "$r" "$t0" "$t1" >>"$times"
     done
 done
+[ -z "$raw" ] || cp "$times" "$raw"
 
 python3 - "$times" "$(bench_machine)" "$(bench_fs "$store")" "$("$strata" --version)" "${unavailable[@]}" <<'PY'
 import collections, statistics, sys
 times, machine, fs, version, *unavailable = sys.argv[1:]
 samples = collections.defaultdict(list)
 for line in open(times):
-    c, t0, t1 = line.split("\t")
+    _, c, _, t0, t1 = line.split("\t")
     samples[c].append(float(t1) - float(t0))
 med = {c: statistics.median(v) for c, v in samples.items()}
 print("## Container start: `true` in a new container\n")

@@ -29,8 +29,10 @@ CANDIDATES = ["strata", "strata-overlayfs", "fuse-overlayfs", "kernel-overlay", 
 WORKLOADS = [
     "stat walk, warm",
     "read all, warm",
+    "python imports, warm",
     "stat walk, first after mount",
     "read all, first after mount",
+    "python imports, first after mount",
     "mount (until it answers)",
 ]
 RATIOS = [("strata", "kernel-overlay"), ("strata", "fuse-overlayfs"),
@@ -215,7 +217,7 @@ def print_meta(meta, unavailable):
     print()
 
 
-def table(times_path, meta, rss_path, differences_path, unavailable):
+def table(times_path, meta, rss_path, differences_path, unavailable, python_unavailable):
     samples = collections.defaultdict(list)
     runs = set()
     with open(times_path) as f:
@@ -228,8 +230,11 @@ def table(times_path, meta, rss_path, differences_path, unavailable):
     print("## strata read side beside strata-overlayfs, fuse-overlayfs, kernel overlayfs"
           " and native\n")
     print_meta(meta, unavailable)
-    print_table("workload", [(w, w) for w in WORKLOADS], CANDIDATES, samples, unavailable)
+    measured = [w for w in WORKLOADS if any((w, c) in samples for c in CANDIDATES)]
+    print_table("workload", [(w, w) for w in measured], CANDIDATES, samples, unavailable)
     nruns = len(runs)
+    nmounts = max((len(v) for (w, _), v in samples.items() if w == "mount (until it answers)"),
+                  default=0)
     print(f"""
 Cells: median seconds over {nruns} runs, (min–max); ratios are of medians. The
 candidates alternate run by run, in a rotating order, over the same layers on one
@@ -238,9 +243,14 @@ mount" is the first walk (or read) on a fresh mount; page cache and dentry cache
 cannot be dropped unprivileged, so the backing files are cached: it measures the
 union's own cold state (its dentries, inodes, attributes, open files), not the disk.
 For native, a fresh bind mount of the flat copy: the same as warm. "Mount" is the
-time until the mount answers (the remount before each "first" workload, {2 * nruns}
+time until the mount answers (the remount before each "first" workload, {nmounts}
 per candidate). Stat walk: `find M -xdev -printf '%i %s\\n' >/dev/null`; read all:
-`tar -C M -cf - . | cat >/dev/null`.""")
+`tar -C M -cf - . | cat >/dev/null`; python imports: `chroot M python3 -I -B -c
+'import json, email, asyncio, http.client'`.""")
+    if python_unavailable and os.path.exists(python_unavailable):
+        with open(python_unavailable) as f:
+            why = f.read().strip()
+        print(f"\nPython imports not measured: python3 does not run in this image ({why}).")
     if rss_path and os.path.exists(rss_path):
         with open(rss_path) as f:
             peaks = [line.rstrip("\n").split("\t") for line in f if line.strip()]
@@ -289,13 +299,15 @@ def main():
     t.add_argument("--rss")
     t.add_argument("--unavailable", action="append", default=[])
     t.add_argument("--differences")
+    t.add_argument("--python-unavailable")
     args = p.parse_args()
     if args.cmd == "extras":
         extras(args.root)
     elif args.cmd == "compare":
         compare(args.name_a, args.prefix_a, args.name_b, args.prefix_b)
     else:
-        table(args.times, args.meta, args.rss, args.differences, args.unavailable)
+        table(args.times, args.meta, args.rss, args.differences, args.unavailable,
+              args.python_unavailable)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ packages=(
     util-linux       # setpriv, unshare
     bsdutils         # script(1): tests/run.rs gives strata run -t a terminal
     zstd
-    bc               # scripts/bench-import.sh
+    python3-matplotlib  # scripts/bench-compare.sh draws its chart
     docker-registry apache2-utils openssl  # a loopback registry (htpasswd, certs) for tests/registry.rs
 )
 missing=()

@@ -13,13 +13,11 @@ fi
 
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
-# The side-by-side comparisons with fuse-overlayfs and kernel overlayfs (read side,
-# then write side) and of container start with bwrap and ch-run, on a small synthetic image, so the scripts never rot: their
-# timings are printed, never asserted (bench-write's checks of each step do fail).
+# The side-by-side comparison (union filesystems, container start, import) on a
+# small synthetic image, so the scripts never rot: timings printed, never asserted
+# (bench-write's checks of each step and the parts' tree checks do fail it).
 cargo build --release --quiet
-STRATA_BENCH_USER=strata-test bash scripts/bench-lower.sh --quick
-STRATA_BENCH_USER=strata-test bash scripts/bench-write.sh --quick
-STRATA_BENCH_USER=strata-test bash scripts/bench-run.sh --quick
+STRATA_BENCH_USER=strata-test bash scripts/bench-compare.sh --quick
 # Unit and integration tests, and every criterion bench once in test mode. Last, so
 # that the test runner's summary closes the output.
 cargo test --all-targets
