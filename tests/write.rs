@@ -1379,6 +1379,19 @@ def dirs(x, B, C, T, O):
         c.eq('and has two links', field(s1, 'nlink'), 2)
         if P != 'U':
             x.check_whiteout(B.base)
+    with c.step('a new directory under the old name of a moved one'):
+        # The daemon keeps descriptors of upper directories by path: the name must
+        # lead to the new directory, the moved one keep what it had.
+        os.mkdir(B.base)
+        write_file(B.base + '/file', b'new')
+        os.mkdir(B.base + '/d')
+        write_file(B.base + '/d/a', b'new a')
+        c.eq('the new directory holds only what was made in it', peer.ls(B.base), ['d', 'file'])
+        c.eq('its file', peer.read(B.base + '/file'), b'new')
+        c.eq('two down', peer.read(B.base + '/d/a'), b'new a')
+        c.eq('the upper holds it there', x.upper_read(B.base + '/d/a'), b'new a')
+        c.eq('the moved one keeps its file', peer.read(nb + '/file'), B.file_data)
+        c.eq('and its directory', peer.ls(nb + '/nd'), [])
 
 
 def noreplace(x, D):

@@ -59,10 +59,12 @@
 //! Symlinks cannot carry `user.*` xattrs on Linux, so a symlink's owner is kept only
 //! where the daemon may chown it.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::store::fsutil::open_beneath;
 use nix::errno::Errno;
@@ -211,9 +213,14 @@ impl UpperError {
     }
 }
 
-fn sys(op: &'static str, path: &[u8]) -> impl FnOnce(Errno) -> UpperError {
-    let path = String::from_utf8_lossy(path).into_owned();
-    move |errno| UpperError::Sys { op, path, errno }
+/// The error of a failed system call on `path`. The path becomes a String only on
+/// failure: this is made for every call, and most succeed.
+fn sys<'p>(op: &'static str, path: &'p [u8]) -> impl FnOnce(Errno) -> UpperError + 'p {
+    move |errno| UpperError::Sys {
+        op,
+        path: String::from_utf8_lossy(path).into_owned(),
+        errno,
+    }
 }
 
 /// What `create_whiteout` made.
@@ -370,9 +377,56 @@ impl NodeMeta {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-fn temp_name() -> String {
+/// A name for something being built in work/: `#strata-PID-N`. The pid is read
+/// once per upper (getpid is a system call, and a copy-up or whiteout needs a name);
+/// the exclusive lock on work/ keeps any other process from building there.
+fn temp_name(pid: u32) -> String {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("#strata-{}-{n}", std::process::id())
+    format!("#strata-{pid}-{n}")
+}
+
+/// How many directory descriptors [`DirFds`] keeps at most. Each is an open file of
+/// the daemon's; the limit keeps them well under the raised RLIMIT_NOFILE beside the
+/// upper files the filesystem keeps open.
+const DIR_FDS_LIMIT: usize = 1024;
+
+/// O_PATH descriptors of upper directories, by path: an operation in a directory
+/// (create, whiteout, copy-up, stat) then costs one *at() call instead of an
+/// openat2 walk of its path and a close. Each was opened as a path walk would
+/// (beneath the upper, no symlinks), and stays right for as long as its path names
+/// the same directory: the renames and removals that could change that all go
+/// through [`Upper::rename`] and [`Upper::remove`], which forget the paths they move.
+/// (As for kernel overlayfs, changing the upper behind a mounted union's back is
+/// not supported.)
+#[derive(Default)]
+struct DirFds {
+    by_path: BTreeMap<Vec<u8>, Arc<OwnedFd>>,
+    /// Moves on at every forget: a descriptor opened before is not kept (its path
+    /// may have moved while it was opened without the lock).
+    generation: u64,
+}
+
+impl DirFds {
+    /// Forgets `path` and every path beneath it.
+    fn forget(&mut self, path: &[u8]) {
+        self.generation += 1;
+        self.by_path.remove(path);
+        let mut prefix = path.to_vec();
+        prefix.push(b'/');
+        if path.is_empty() {
+            self.by_path.clear();
+            return;
+        }
+        let beneath: Vec<Vec<u8>> = self
+            .by_path
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in beneath {
+            self.by_path.remove(&k);
+        }
+    }
 }
 
 /// The upper and work directories of one writable layer.
@@ -384,6 +438,14 @@ pub struct Upper {
     /// writing one upper would each trust a picture of it the other changes (kernel
     /// overlayfs refuses that too, with EBUSY).
     _in_use: nix::fcntl::Flock<File>,
+    dirs: Mutex<DirFds>,
+    /// The daemon's pid, for [`temp_name`].
+    pid: u32,
+    /// The daemon's effective uid and gid, read at the first node it makes (after
+    /// any id mapping of its namespace): a node made with them needs no chown.
+    own_ids: OnceLock<(u32, u32)>,
+    /// FICLONE failed from a lower on this device: copy without trying it again.
+    no_reflink_from: Mutex<Vec<u64>>,
 }
 
 /// How long a mount waits for the upper's previous mount to let go: the daemon of a
@@ -455,6 +517,10 @@ impl Upper {
             work: work_fd,
             over_xattr: OverrideXattr::default(),
             _in_use: in_use,
+            dirs: Mutex::new(DirFds::default()),
+            pid: std::process::id(),
+            own_ids: OnceLock::new(),
+            no_reflink_from: Mutex::new(Vec::new()),
         })
     }
 
@@ -535,15 +601,64 @@ impl Upper {
         .map_err(sys("open", path))
     }
 
-    /// The parent directory of `path` and its last component, which must be a name.
-    fn parent<'p>(&self, path: &'p [u8]) -> Result<(OwnedFd, &'p [u8]), UpperError> {
+    /// The parent directory of `path` (an O_PATH descriptor, for *at() calls) and
+    /// its last component, which must be a name.
+    fn parent<'p>(&self, path: &'p [u8]) -> Result<(Arc<OwnedFd>, &'p [u8]), UpperError> {
         let (parent, name) = split_last(path);
         if name.is_empty() || name == b"." || name == b".." || name.contains(&0) {
             return Err(UpperError::BadName(
                 String::from_utf8_lossy(path).into_owned(),
             ));
         }
-        Ok((self.open_dir(parent)?, name))
+        Ok((self.dir_fd(parent)?, name))
+    }
+
+    fn lock_dirs(&self) -> std::sync::MutexGuard<'_, DirFds> {
+        self.dirs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An O_PATH descriptor of the upper directory `path`, from [`DirFds`] or opened
+    /// (and kept) now.
+    fn dir_fd(&self, path: &[u8]) -> Result<Arc<OwnedFd>, UpperError> {
+        let generation = {
+            let dirs = self.lock_dirs();
+            if let Some(fd) = dirs.by_path.get(path) {
+                return Ok(fd.clone());
+            }
+            dirs.generation
+        };
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+        let fd =
+            Arc::new(open_beneath(self.upper.as_fd(), path, flags).map_err(sys("open", path))?);
+        let mut dirs = self.lock_dirs();
+        if dirs.generation == generation {
+            if dirs.by_path.len() >= DIR_FDS_LIMIT {
+                dirs.by_path.clear();
+            }
+            dirs.by_path.insert(path.to_vec(), fd.clone());
+        }
+        Ok(fd)
+    }
+
+    /// Forgets the descriptors of `path` and of everything beneath it: it is about to
+    /// be renamed or removed.
+    fn forget_dirs(&self, path: &[u8]) {
+        self.lock_dirs().forget(path);
+    }
+
+    /// Whether a node the daemon makes gets the owner `uid:gid` without a chown.
+    fn is_own(&self, uid: u32, gid: u32) -> bool {
+        let own = self.own_ids.get_or_init(|| {
+            (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+        });
+        (uid, gid) == *own
+    }
+
+    fn temp_name(&self) -> String {
+        temp_name(self.pid)
     }
 
     /// An O_PATH descriptor of the node itself, the last component not followed.
@@ -561,7 +676,7 @@ impl Upper {
     /// whiteout is made in work/ and renamed over it).
     pub fn create_whiteout(&self, path: &[u8]) -> Result<Whiteout, UpperError> {
         let (parent, name) = self.parent(path)?;
-        let tmp = temp_name();
+        let tmp = self.temp_name();
         let dev = nix::sys::stat::makedev(0, 0);
         match nix::sys::stat::mknodat(&self.work, tmp.as_str(), SFlag::S_IFCHR, Mode::empty(), dev)
         {
@@ -670,7 +785,7 @@ impl Upper {
             Err(Errno::EOPNOTSUPP) | Err(Errno::EISDIR) => {}
             Err(e) => return Err(sys("create in work/ for", path)(e)),
         }
-        let tmp = temp_name();
+        let tmp = self.temp_name();
         let flags =
             OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = nix::fcntl::openat(&self.work, tmp.as_str(), flags, mode)
@@ -708,7 +823,7 @@ impl Upper {
         meta: &NodeMeta,
     ) -> Result<Option<OverrideStat>, UpperError> {
         let (parent, name) = self.parent(path)?;
-        let tmp = temp_name();
+        let tmp = self.temp_name();
         nix::sys::stat::mkdirat(&self.work, tmp.as_str(), Mode::from_bits_truncate(0o700))
             .map_err(sys("mkdir in work/ for", path))?;
         let result = self.fill_dir_and_publish(&tmp, &parent, name, path, meta);
@@ -747,10 +862,10 @@ impl Upper {
         meta: &NodeMeta,
     ) -> Result<(), UpperError> {
         let (parent, name) = self.parent(path)?;
-        let tmp = temp_name();
+        let tmp = self.temp_name();
         nix::unistd::symlinkat(target, &self.work, tmp.as_str())
             .map_err(sys("symlink in work/ for", path))?;
-        if !is_own(meta.uid, meta.gid) {
+        if !self.is_own(meta.uid, meta.gid) {
             // Where the daemon may; a symlink has nowhere to record an override.
             let _ = nix::unistd::fchownat(
                 &self.work,
@@ -898,11 +1013,6 @@ pub fn file_list_xattrs(file: &File) -> Result<Vec<Vec<u8>>, Errno> {
         .collect())
 }
 
-/// Whether the daemon's own credentials already give a new node the owner `uid:gid`.
-fn is_own(uid: u32, gid: u32) -> bool {
-    uid == nix::unistd::geteuid().as_raw() && gid == nix::unistd::getegid().as_raw()
-}
-
 impl Upper {
     /// Gives the node `fd` holds (any descriptor, O_PATH too) the owner `uid:gid`,
     /// or, where the host cannot store it (an id our namespace does not map, no
@@ -919,7 +1029,7 @@ impl Upper {
         if self.over_xattr.always() && self.takes_override(fd, path)? {
             return self.record_override(fd, uid, gid, mode, path).map(Some);
         }
-        if is_own(uid, gid) {
+        if self.is_own(uid, gid) {
             return Ok(None);
         }
         let result = nix::unistd::fchownat(
@@ -1030,7 +1140,12 @@ impl Upper {
         } else {
             owner
         };
-        let tmp = temp_name();
+        // Only a node that replaces a whiteout is built in work/ first.
+        let tmp = if over_whiteout {
+            self.temp_name()
+        } else {
+            String::new()
+        };
         let (at, at_name): (&OwnedFd, &[u8]) = if over_whiteout {
             (&self.work, tmp.as_bytes())
         } else {
@@ -1070,7 +1185,7 @@ impl Upper {
         opaque: bool,
     ) -> Result<(Option<File>, Option<OverrideStat>), UpperError> {
         if matches!(node, NewNode::Symlink { .. }) {
-            if !is_own(uid, gid) {
+            if !self.is_own(uid, gid) {
                 let _ = nix::unistd::fchownat(
                     at,
                     at_name,
@@ -1158,7 +1273,7 @@ impl Upper {
             )
             .map_err(sys("link", to));
         }
-        let tmp = temp_name();
+        let tmp = self.temp_name();
         nix::unistd::linkat(
             &from_parent,
             from_name,
@@ -1191,7 +1306,8 @@ impl Upper {
             return Ok(());
         }
         // The directory goes to work/ in one rename, then is emptied there.
-        let tmp = temp_name();
+        self.forget_dirs(path);
+        let tmp = self.temp_name();
         nix::fcntl::renameat(&parent, name, &self.work, tmp.as_str())
             .map_err(sys("rename", path))?;
         if whiteout {
@@ -1207,6 +1323,9 @@ impl Upper {
 
     /// renameat2 within the upper.
     pub fn rename(&self, from: &[u8], to: &[u8], flags: RenameFlags) -> Result<(), UpperError> {
+        // Either may be a directory (or, exchanged or replaced, hold one).
+        self.forget_dirs(from);
+        self.forget_dirs(to);
         let (from_parent, from_name) = self.parent(from)?;
         let (to_parent, to_name) = self.parent(to)?;
         nix::fcntl::renameat2(&from_parent, from_name, &to_parent, to_name, flags)
@@ -1349,10 +1468,9 @@ impl Upper {
     }
 
     /// The parent of `path` and its name, or the upper itself and "." for the root.
-    fn parent_or_root<'p>(&self, path: &'p [u8]) -> Result<(OwnedFd, &'p [u8]), UpperError> {
+    fn parent_or_root<'p>(&self, path: &'p [u8]) -> Result<(Arc<OwnedFd>, &'p [u8]), UpperError> {
         if path.is_empty() {
-            let dir = self.open_dir(b"")?;
-            return Ok((dir, b"."));
+            return Ok((self.dir_fd(b"")?, b"."));
         }
         self.parent(path)
     }
@@ -1368,7 +1486,7 @@ impl Upper {
         let temp = self.create_temp_file(path)?;
         let result = (|| {
             if let Some(src) = src {
-                copy_data(src.as_fd(), temp.fd(), path)?;
+                self.copy_data(src.as_fd(), temp.fd(), path)?;
             }
             let over = self.apply_meta(temp.fd(), path, meta)?;
             if meta.fsync {
@@ -1405,6 +1523,44 @@ impl Upper {
             TempFile::Anonymous(file) => link_tmpfile(file.as_fd(), &parent, name, path),
             TempFile::Named(tmp, _) => rename_noreplace(&self.work, tmp, &parent, name, path),
         }
+    }
+
+    /// Copies all of `src` into the empty `dst`: a reflink if the filesystems share
+    /// extents, else the data. A file with as many blocks as its size needs has no
+    /// holes: one copy_file_range, without the SEEK_DATA/SEEK_HOLE walk and the
+    /// truncate that keep a sparse file's holes (most files are small and whole).
+    fn copy_data(&self, src: BorrowedFd, dst: BorrowedFd, path: &[u8]) -> Result<(), UpperError> {
+        let st = nix::sys::stat::fstat(src).map_err(sys("stat lower of", path))?;
+        if self.may_reflink(st.st_dev) {
+            // SAFETY: FICLONE takes the source descriptor as its argument and reads
+            // nothing else from our memory; both descriptors are open for the call.
+            let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
+            if cloned == 0 {
+                return Ok(());
+            }
+            // Any FICLONE error just means no reflink here; a real problem with the
+            // descriptors shows again below.
+            if reflink_unsupported(Errno::last()) {
+                self.no_reflink_from
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(st.st_dev);
+            }
+        }
+        let size = st.st_size;
+        if st.st_blocks.saturating_mul(512) >= size {
+            return copy_range(src, dst, 0, size, path);
+        }
+        copy_sparse(src, dst, size, path)
+    }
+
+    /// Whether FICLONE is worth a try from a lower on the device `dev`.
+    fn may_reflink(&self, dev: u64) -> bool {
+        !self
+            .no_reflink_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&dev)
     }
 
     /// Throws away a prepared copy that will not be published.
@@ -1688,20 +1844,18 @@ fn link_tmpfile(
     .map_err(sys("link into place", path))
 }
 
-/// Copies all of `src` into the empty `dst`: a reflink if the filesystem shares
-/// extents, else the data extents one by one, so holes stay holes.
-fn copy_data(src: BorrowedFd, dst: BorrowedFd, path: &[u8]) -> Result<(), UpperError> {
-    // SAFETY: FICLONE takes the source descriptor as its argument and reads nothing
-    // else from our memory; both descriptors are open for the whole call.
-    let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
-    if cloned == 0 {
-        return Ok(());
-    }
-    // Any FICLONE error just means no reflink here (EXDEV, EOPNOTSUPP, EINVAL, ...);
-    // a real problem with the descriptors shows again below.
-    let size = nix::sys::stat::fstat(src)
-        .map_err(sys("stat lower of", path))?
-        .st_size;
+/// What FICLONE's failure says: this pair of filesystems shares no extents (so
+/// no file from that lower will reflink), or something about this one call.
+fn reflink_unsupported(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::EOPNOTSUPP | Errno::EXDEV | Errno::EINVAL | Errno::ENOTTY | Errno::ENOSYS
+    )
+}
+
+/// Copies `src` from `offset` to its end into `dst`, data extent by data extent, so
+/// that holes stay holes, then sets the size (a trailing hole has no data to copy).
+fn copy_sparse(src: BorrowedFd, dst: BorrowedFd, size: i64, path: &[u8]) -> Result<(), UpperError> {
     let mut offset = 0i64;
     while offset < size {
         let data = match nix::unistd::lseek(src, offset, Whence::SeekData) {
@@ -1716,7 +1870,6 @@ fn copy_data(src: BorrowedFd, dst: BorrowedFd, path: &[u8]) -> Result<(), UpperE
         copy_range(src, dst, data, hole - data, path)?;
         offset = hole;
     }
-    // A trailing hole: the size comes from ftruncate, not from data.
     nix::unistd::ftruncate(dst, size).map_err(sys("truncate", path))
 }
 
@@ -2183,6 +2336,86 @@ mod tests {
         assert_eq!(x.as_deref(), Some(&b"value"[..]));
         assert_eq!(upper.get_override(b"d/f").unwrap(), None);
         assert!(work_entries(&dir).is_empty());
+    }
+
+    #[test]
+    fn copy_up_of_a_whole_file_and_of_an_empty_one() {
+        let (dir, upper) = setup();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("whole"), &data).unwrap();
+        std::fs::write(dir.path().join("empty"), b"").unwrap();
+        let meta = own_meta(0o644);
+        for name in ["whole", "empty"] {
+            let src = File::open(dir.path().join(name)).unwrap();
+            upper.copy_up_file(&src, name.as_bytes(), &meta).unwrap();
+        }
+        assert_eq!(std::fs::read(dir.path().join("upper/whole")).unwrap(), data);
+        assert_eq!(std::fs::read(dir.path().join("upper/empty")).unwrap(), b"");
+        assert!(work_entries(&dir).is_empty());
+    }
+
+    /// The kept directory descriptors follow renames and removals made through the
+    /// upper: a path always means the directory that has that name now.
+    #[test]
+    fn a_path_names_the_directory_that_has_it_now() {
+        let (dir, upper) = setup();
+        let up = dir.path().join("upper");
+        let mkdir = |p: &[u8]| {
+            upper
+                .create(p, NewNode::Dir { mode: 0o755 }, own_ids(), false)
+                .unwrap();
+        };
+        let touch = |p: &[u8]| {
+            upper
+                .create(p, NewNode::File { mode: 0o644 }, own_ids(), false)
+                .unwrap();
+        };
+        mkdir(b"a");
+        mkdir(b"a/b");
+        touch(b"a/b/one");
+        // Renamed away: a new a/b is another directory.
+        upper.rename(b"a", b"c", RenameFlags::empty()).unwrap();
+        mkdir(b"a");
+        mkdir(b"a/b");
+        touch(b"a/b/two");
+        assert!(up.join("a/b/two").exists());
+        assert!(!up.join("c/b/two").exists());
+        assert!(up.join("c/b/one").exists());
+        // Removed and made again.
+        upper.remove(b"a/b/two", false).unwrap();
+        upper.remove(b"a/b", false).unwrap();
+        mkdir(b"a/b");
+        touch(b"a/b/three");
+        assert!(up.join("a/b/three").exists());
+        assert_eq!(upper.stat(b"a/b/three").unwrap().st_size, 0);
+        // Exchanged: each name now holds the other directory.
+        upper
+            .rename(b"a/b", b"c/b", RenameFlags::RENAME_EXCHANGE)
+            .unwrap();
+        touch(b"a/b/four");
+        assert!(up.join("a/b/four").exists() && up.join("a/b/one").exists());
+        assert!(up.join("c/b/three").exists() && !up.join("c/b/four").exists());
+    }
+
+    fn own_ids() -> (u32, u32) {
+        (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    }
+
+    #[test]
+    fn kept_directories_are_forgotten_beneath_a_path() {
+        let mut dirs = DirFds::default();
+        let fd = || Arc::new(open_dir_path(Path::new("/")).unwrap());
+        for p in [&b"a"[..], b"a/b", b"a/b/c", b"ab", b"a.b", b"b"] {
+            dirs.by_path.insert(p.to_vec(), fd());
+        }
+        let before = dirs.generation;
+        dirs.forget(b"a");
+        let left: Vec<&[u8]> = dirs.by_path.keys().map(Vec::as_slice).collect();
+        assert_eq!(left, vec![&b"a.b"[..], b"ab", b"b"]);
+        assert!(dirs.generation > before);
     }
 
     #[test]
