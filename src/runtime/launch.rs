@@ -13,6 +13,7 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
+use super::ahead;
 use super::container::{self, ContainerDir};
 use super::process::{self, KeepIdUser, ProcessPlan};
 use super::pty::{Attached, ConsoleSocket};
@@ -315,7 +316,6 @@ fn serve_container(
     )
     .map_err(errno("make the mounts private"))?;
     let container = &prepared.container;
-    container::sweep_stale(store, &container.id);
     let rootfs = container.rootfs();
     let fs = image_fs(store, image, prepared.upper.as_ref()).map_err(|e| e.to_string())?;
     let mounted = mount(fs, &rootfs).map_err(|e| e.to_string())?;
@@ -343,6 +343,16 @@ fn serve_container(
         .name("strata-fuse".into())
         .spawn(move || mounted.serve())
         .map_err(|e| format!("start serving the filesystem: {e}"))?;
+    // While the container's first process makes its mounts: what it would wait
+    // for later, then what no one waits for.
+    let mount_points: Vec<&str> = prepared.files.iter().map(|(_, at)| *at).collect();
+    ahead::prepare_root(
+        &container.rootfs(),
+        &prepared.spec,
+        &mount_points,
+        prepared.upper.is_some(),
+    );
+    container::sweep_stale(store, &container.id);
     let code = wait_for(first);
     // Every process of the container is gone with its pid 1: nothing uses the mount.
     let _ = nix::mount::umount2(&container.rootfs(), MntFlags::MNT_DETACH);
