@@ -159,11 +159,16 @@ fn prepare(
 ) -> Result<Prepared, Box<(RunError, ContainerDir)>> {
     let uid = nix::unistd::getuid();
     let gid = nix::unistd::getgid();
-    let me = nix::unistd::User::from_uid(uid).ok().flatten();
+    // The passwd entry names the caller in /etc/subuid and gives keep-id its
+    // entry; one id mapped needs neither (a lookup is a file read or an NSS call).
+    let me = match options.userns {
+        UsernsMode::Single => None,
+        UsernsMode::Auto | UsernsMode::KeepId => nix::unistd::User::from_uid(uid).ok().flatten(),
+    };
     let name = me
         .as_ref()
         .map_or_else(|| uid.to_string(), |u| u.name.clone());
-    let mapping = userns::plan_for_caller(options.userns);
+    let mapping = userns::plan(options.userns, uid.as_raw(), gid.as_raw(), &name);
     let keep_id = (options.userns == UsernsMode::KeepId).then(|| KeepIdUser {
         uid: uid.as_raw(),
         gid: gid.as_raw(),
