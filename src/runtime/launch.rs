@@ -338,16 +338,24 @@ fn serve_container(
         }),
         Some(pid) => pid,
     };
+    // First the threads that serve: pid 1's first lookup waits for them. Their
+    // memory comes from the main arena: a thread's first allocation would
+    // otherwise map and trim an arena of its own (several calls that take the
+    // address space's lock) before it reads its first request.
+    // SAFETY: mallopt changes a parameter of malloc and nothing else; this process
+    // has no other thread yet. It returns 0 when it refuses, which leaves malloc as
+    // it was: nothing to handle.
+    let _ = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    std::thread::Builder::new()
+        .name("strata-fuse".into())
+        .spawn(move || mounted.serve())
+        .map_err(|e| format!("start serving the filesystem: {e}"))?;
     // For `strata exec` and `strata rm -f`: which process is the container's pid 1.
     let _ = container.write_file("pid", &format!("{first}\n"));
     let mut to_parent = std::fs::File::from(pid_to_parent);
     let _ = to_parent.write_all(&first.as_raw().to_ne_bytes());
     // Only the container may hold the terminal: its output ends when it is gone.
     drop((to_parent, console));
-    std::thread::Builder::new()
-        .name("strata-fuse".into())
-        .spawn(move || mounted.serve())
-        .map_err(|e| format!("start serving the filesystem: {e}"))?;
     // While the container's first process makes its mounts: what it would wait
     // for later, then what no one waits for.
     let mount_points: Vec<&str> = prepared.files.iter().map(|(_, at)| *at).collect();
