@@ -87,8 +87,10 @@ fn open_executable(root: &OwnedFd, path: &str) -> Option<OwnedFd> {
     (regular && st.st_mode & 0o111 != 0).then_some(fd)
 }
 
-/// Queues readahead of the whole file (up to `AT_MOST`) and returns at once: the
-/// union's serving threads answer the reads.
+/// Reads the whole file (up to `AT_MOST`) into the union's page cache, one piece
+/// at a time: readahead of a piece, then a wait for its last byte (no copy of the
+/// rest). One read at a time in the union's queue, because pid 1's own lookups
+/// (/etc/passwd, ...) would otherwise wait behind a dozen of them.
 fn read_ahead(file: &OwnedFd) {
     let Ok(st) = nix::sys::stat::fstat(file) else {
         return;
@@ -97,6 +99,10 @@ fn read_ahead(file: &OwnedFd) {
     let mut offset = 0;
     while offset < end {
         if advise_will_need(file, offset, PIECE).is_err() {
+            return;
+        }
+        let last = (offset + PIECE).min(end) - 1;
+        if nix::sys::uio::pread(file, &mut [0u8; 1], last).is_err() {
             return;
         }
         offset += PIECE;
