@@ -241,6 +241,12 @@ fn commit_makes_an_image_with_the_changes_that_umoci_and_skopeo_read() {
         "the whiteout was not applied"
     );
     assert!(!rootfs.join("bin/wc").exists());
+    // The image has none of them: the empty mount points strata made for its own
+    // files stay out of the layer.
+    for made in ["etc/hosts", "etc/hostname", "etc/resolv.conf"] {
+        assert!(!rootfs.join(made).exists(), "{made} was committed");
+    }
+    assert!(rootfs.join("etc/passwd").exists());
     assert_eq!(
         fs::read_link(rootfs.join("srv/new-sym")).unwrap().to_str(),
         Some("new")

@@ -631,6 +631,36 @@ fn the_image_is_held_while_a_container_runs() {
 }
 
 #[test]
+fn run_returns_with_its_directory_gone_and_its_image_let_go() {
+    let env = TestEnv::new("run-gone");
+    let img = busybox(&env);
+    // strata removes the container's directory from outside its namespaces while
+    // its child ends; a directory of another id of the subordinate range, which
+    // the caller alone cannot empty, is removed from a user namespace that maps it.
+    let mut scripts = vec!["mkdir -p /d/e && touch /d/e/f && echo done"];
+    if subid_range("/etc/subuid").is_some() {
+        scripts.push("mkdir -p /d/e && touch /d/e/f && chown -R 1000:1000 /d && chmod 755 /d /d/e && echo done");
+    }
+    for script in scripts {
+        for userns in ["--userns=auto", "--userns=single"] {
+            if userns == "--userns=single" && script.contains("chown") {
+                continue;
+            }
+            let out = run(&env, &[userns, &img, "sh", "-c", script]);
+            assert_ok(&out);
+            assert_eq!(stdout(&out), "done\n");
+            assert_eq!(stderr(&out), "", "{}", describe(&out));
+        }
+    }
+    // With a terminal the child removes it, as before.
+    let out = run(&env, &["-t", &img, "sh", "-c", "mkdir -p /d && echo done"]);
+    assert_ok(&out);
+    // Nothing holds the image once run has returned: rmi takes it at once.
+    let out = env.strata(&["rmi", &img]);
+    assert_ok(&out);
+}
+
+#[test]
 fn ten_containers_at_once_each_see_only_their_own_writes() {
     let env = TestEnv::new("run-ten");
     let img = busybox(&env);

@@ -109,6 +109,30 @@ pub fn remove(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Removes everything in `dir` but the entry `keep` (gone already is fine).
+pub fn remove_all_but(dir: &Path, keep: &str) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name() == keep {
+            continue;
+        }
+        let removed = if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())
+        } else {
+            std::fs::remove_file(entry.path())
+        };
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Removes the directories of `--rm` containers whose strata is gone (killed
 /// before it could clean up), and of containers whose record was never written.
 /// Runs inside a new container's user namespace, where the ids of their files are

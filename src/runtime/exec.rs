@@ -96,6 +96,7 @@ pub fn exec(
     let code = Supervisor {
         child,
         from_child: None,
+        on_end: None,
         target: Some(child),
         stop_timeout: spec.stop_timeout,
         pty_master: attached.master(),

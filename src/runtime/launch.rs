@@ -13,6 +13,7 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
+use super::ahead;
 use super::container::{self, ContainerDir};
 use super::process::{self, KeepIdUser, ProcessPlan};
 use super::pty::{Attached, ConsoleSocket};
@@ -36,6 +37,11 @@ struct Prepared {
     upper: Option<UpperDirs>,
     keep_id: Option<KeepIdUser>,
     remove_on_exit: bool,
+    /// The caller, not the child, removes the container's directory, while the
+    /// child ends (the kernel then frees the union, as long as the removal takes).
+    /// Not with a terminal: where the caller cannot remove a file of another id, it
+    /// forks a user namespace that can, and the terminal's threads forbid forks.
+    caller_removes: bool,
 }
 
 pub fn now() -> u64 {
@@ -144,8 +150,8 @@ fn start_in(
     }
     let result = fork_and_supervise(store, image, &prepared);
     if prepared.remove_on_exit {
-        // The child removes the directory from inside the user namespace; this
-        // catches a child that died before it could.
+        // Removed already (by the caller's side of `supervise` or by the child);
+        // this catches a child that died before anyone could, and removes the lock.
         prepared.container.remove();
     }
     result
@@ -158,11 +164,16 @@ fn prepare(
 ) -> Result<Prepared, Box<(RunError, ContainerDir)>> {
     let uid = nix::unistd::getuid();
     let gid = nix::unistd::getgid();
-    let me = nix::unistd::User::from_uid(uid).ok().flatten();
+    // The passwd entry names the caller in /etc/subuid and gives keep-id its
+    // entry; one id mapped needs neither (a lookup is a file read or an NSS call).
+    let me = match options.userns {
+        UsernsMode::Single => None,
+        UsernsMode::Auto | UsernsMode::KeepId => nix::unistd::User::from_uid(uid).ok().flatten(),
+    };
     let name = me
         .as_ref()
         .map_or_else(|| uid.to_string(), |u| u.name.clone());
-    let mapping = userns::plan_for_caller(options.userns);
+    let mapping = userns::plan(options.userns, uid.as_raw(), gid.as_raw(), &name);
     let keep_id = (options.userns == UsernsMode::KeepId).then(|| KeepIdUser {
         uid: uid.as_raw(),
         gid: gid.as_raw(),
@@ -189,6 +200,7 @@ fn prepare(
         upper,
         keep_id,
         remove_on_exit: options.remove,
+        caller_removes: options.remove && !options.tty,
     })
 }
 
@@ -265,9 +277,20 @@ fn supervise(
     console: Option<OwnedFd>,
 ) -> Result<i32, RunError> {
     let attached = Attached::new(console, prepared.spec.interactive)?;
+    let dir = prepared.container.dir.clone();
+    let mut removed = None;
+    // The mount point last: in the child's namespace the union is mounted on it,
+    // and removing it first would free the union here rather than in the child.
+    let mut remove = || {
+        removed =
+            Some(container::remove_all_but(&dir, "rootfs").and_then(|()| container::remove(&dir)))
+    };
     let code = Supervisor {
         child,
         from_child: Some(pid_from_child),
+        on_end: prepared
+            .caller_removes
+            .then_some(&mut remove as &mut dyn FnMut()),
         target: None,
         stop_timeout: prepared.spec.stop_timeout,
         pty_master: attached.master(),
@@ -278,7 +301,28 @@ fn supervise(
         source,
     })?;
     attached.finish();
+    if let Some(Err(e)) = removed {
+        finish_removal(&dir, e);
+    }
     Ok(code)
+}
+
+/// After a removal by the caller failed with `error`: files that other ids of the
+/// container made (in directories of theirs) can only be removed inside a user
+/// namespace that maps those ids.
+fn finish_removal(dir: &std::path::Path, error: std::io::Error) {
+    let result = match error.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            super::remove::remove_in_user_namespace(dir).map_err(|e| e.to_string())
+        }
+        _ => Err(error.to_string()),
+    };
+    if let Err(e) = result {
+        eprintln!(
+            "strata: warning: cannot remove {}: {e}; the next run will",
+            dir.display()
+        );
+    }
 }
 
 fn wait_for(child: Pid) -> i32 {
@@ -315,7 +359,6 @@ fn serve_container(
     )
     .map_err(errno("make the mounts private"))?;
     let container = &prepared.container;
-    container::sweep_stale(store, &container.id);
     let rootfs = container.rootfs();
     let fs = image_fs(store, image, prepared.upper.as_ref()).map_err(|e| e.to_string())?;
     let mounted = mount(fs, &rootfs).map_err(|e| e.to_string())?;
@@ -333,18 +376,42 @@ fn serve_container(
         }),
         Some(pid) => pid,
     };
+    // First the threads that serve: pid 1's first lookup waits for them. Their
+    // memory comes from the main arena: a thread's first allocation would
+    // otherwise map and trim an arena of its own (several calls that take the
+    // address space's lock) before it reads its first request.
+    // SAFETY: mallopt changes a parameter of malloc and nothing else; this process
+    // has no other thread yet. It returns 0 when it refuses, which leaves malloc as
+    // it was: nothing to handle.
+    let _ = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    std::thread::Builder::new()
+        .name("strata-fuse".into())
+        .spawn(move || mounted.serve())
+        .map_err(|e| format!("start serving the filesystem: {e}"))?;
     // For `strata exec` and `strata rm -f`: which process is the container's pid 1.
     let _ = container.write_file("pid", &format!("{first}\n"));
     let mut to_parent = std::fs::File::from(pid_to_parent);
     let _ = to_parent.write_all(&first.as_raw().to_ne_bytes());
     // Only the container may hold the terminal: its output ends when it is gone.
-    drop((to_parent, console));
-    std::thread::Builder::new()
-        .name("strata-fuse".into())
-        .spawn(move || mounted.serve())
-        .map_err(|e| format!("start serving the filesystem: {e}"))?;
+    drop(console);
+    // While the container's first process makes its mounts: what it would wait
+    // for later, then what no one waits for.
+    let mount_points: Vec<&str> = prepared.files.iter().map(|(_, at)| *at).collect();
+    ahead::prepare_root(
+        &container.rootfs(),
+        &prepared.spec,
+        &mount_points,
+        prepared.upper.is_some(),
+    );
+    container::sweep_stale(store, &container.id);
     let code = wait_for(first);
     // Every process of the container is gone with its pid 1: nothing uses the mount.
+    if prepared.caller_removes {
+        // The union is not mounted in the caller's namespace: it removes the
+        // directory while this process ends, and the kernel frees the union with it.
+        let _ = to_parent.write_all(&code.to_ne_bytes());
+        return Ok(code);
+    }
     let _ = nix::mount::umount2(&container.rootfs(), MntFlags::MNT_DETACH);
     if prepared.remove_on_exit {
         if let Err(e) = container::remove(&container.dir) {

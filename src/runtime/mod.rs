@@ -16,6 +16,7 @@
 //! What to run is decided before any of that, from the image config and the
 //! options (`spec`), so every mistake of the caller is reported before a fork.
 
+mod ahead;
 pub mod capabilities;
 pub mod commit;
 pub mod container;

@@ -73,7 +73,10 @@ fn stop(store: &Store, record: &ContainerRecord) -> Result<(), RunError> {
     })
 }
 
-fn remove_in_user_namespace(dir: &std::path::Path) -> Result<(), RunError> {
+/// Removes `dir` from inside a new user namespace that maps the caller's
+/// subordinate ids, where what the container's other ids made can be removed.
+/// Forks: the caller must have started no thread.
+pub fn remove_in_user_namespace(dir: &std::path::Path) -> Result<(), RunError> {
     let plan = userns::plan_for_caller(UsernsMode::Auto);
     // SAFETY: `strata rm` has started no thread.
     let child = unsafe {

@@ -196,6 +196,12 @@ fn bind(source: &Path, target: &OwnedFd, extra: MsFlags) -> Result<()> {
     .map_err(failed(format!("bind {}", source.display())))
 }
 
+/// Makes `path` in the container's root `root` an empty file where it is missing,
+/// with the directories above it: a mount point for one of strata's files.
+pub fn make_file_mount_point(root: &OwnedFd, path: &str) -> Result<()> {
+    resolve(root, path, Kind::File, true).map(drop)
+}
+
 /// `path` in the container, created if missing where the union is writable; an
 /// error names what is missing otherwise.
 fn need(root: &OwnedFd, path: &str, kind: Kind, create: bool) -> Result<OwnedFd> {

@@ -38,17 +38,21 @@ pub fn handled_signals() -> SigSet {
     set
 }
 
-pub struct Supervisor {
+pub struct Supervisor<'a> {
     pub child: Pid,
-    /// Where the child writes the container's pid (4 bytes, native order).
+    /// Where the child writes the container's pid (4 bytes, native order), and
+    /// later, if it leaves the removal of the container to the caller, the exit
+    /// code of the container's process once that has ended (4 bytes).
     pub from_child: Option<OwnedFd>,
+    /// Called once on that second message, while the child is still ending.
+    pub on_end: Option<&'a mut dyn FnMut()>,
     /// The process signals go to, when known from the start.
     pub target: Option<Pid>,
     pub stop_timeout: Duration,
     pub pty_master: Option<Arc<OnceLock<OwnedFd>>>,
 }
 
-impl Supervisor {
+impl Supervisor<'_> {
     /// Waits for the child, forwarding signals meanwhile; its exit code.
     pub fn wait(mut self) -> std::io::Result<i32> {
         let signals = SignalFd::with_flags(&handled_signals(), SfdFlags::SFD_CLOEXEC)?;
@@ -80,10 +84,20 @@ impl Supervisor {
                 .and_then(|f| f.revents())
                 .is_some_and(|r| !r.is_empty());
             let signal_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
-            if pid_ready && let Some(mut f) = from_child.take() {
+            if pid_ready && let Some(f) = from_child.as_mut() {
                 let mut buf = [0u8; 4];
-                if f.read_exact(&mut buf).is_ok() {
-                    container = Some(Pid::from_raw(i32::from_ne_bytes(buf)));
+                match f.read_exact(&mut buf) {
+                    Ok(()) if container.is_none() => {
+                        container = Some(Pid::from_raw(i32::from_ne_bytes(buf)));
+                    }
+                    Ok(()) => {
+                        from_child = None;
+                        if let Some(on_end) = self.on_end.as_mut() {
+                            on_end();
+                        }
+                    }
+                    // The child has ended, or says no more.
+                    Err(_) => from_child = None,
                 }
             }
             if signal_ready && let Ok(Some(info)) = signals.read_signal() {

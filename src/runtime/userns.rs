@@ -80,6 +80,10 @@ pub fn plan_for_caller(mode: UsernsMode) -> MappingPlan {
 /// The map for `mode`, for the caller `uid`/`gid` named `name`, from this
 /// machine's /etc/subuid, /etc/subgid and newuidmap/newgidmap.
 pub fn plan(mode: UsernsMode, uid: u32, gid: u32, name: &str) -> MappingPlan {
+    if mode == UsernsMode::Single {
+        // No range and no helper is used: spare reading for them.
+        return plan_with(mode, (uid, gid), name, None, None);
+    }
     let read = |f: &str, id: u32| {
         std::fs::read_to_string(f)
             .ok()
@@ -395,6 +399,20 @@ mod tests {
         );
         assert_eq!((keep.uid_inside, keep.gid_inside), (1000, 1000));
         assert!(keep.notice.is_none());
+    }
+
+    #[test]
+    fn one_id_is_planned_without_the_machines_files() {
+        let single = plan(UsernsMode::Single, 4242, 4343, "no-such-user");
+        let one = |outside| {
+            vec![IdRange {
+                inside: 0,
+                outside,
+                count: 1,
+            }]
+        };
+        assert_eq!((single.uids, single.gids), (one(4242), one(4343)));
+        assert!(single.helpers.is_none() && single.notice.is_none());
     }
 
     #[test]
