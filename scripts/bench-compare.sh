@@ -52,7 +52,10 @@ if [ "$(id -u)" -eq 0 ]; then
     out=$(realpath -m "$out")
     mkdir -p "$out"
     chown "$user:" "$out" 2>/dev/null || die "cannot give $out to $user"
-    orig_args+=(--out "$out")
+    for i in "${!orig_args[@]}"; do   # the re-executed copy gets the absolute DIR
+        case ${orig_args[$i]} in --out=*) unset 'orig_args[i]' ;; --out) unset 'orig_args[i]' 'orig_args[i+1]' ;; esac
+    done
+    orig_args=("${orig_args[@]}" --out "$out")
 fi
 bench_drop_root bench-lower.sh bench-write.sh bench-run.sh bench-import.sh \
     bench_lower_report.py bench_write_report.py bench_compare_report.py \
