@@ -169,7 +169,7 @@ def chart(parts, path):
     left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     left.set_xticks([t for t in (0.5, 1, 2, 5, 10, 20, 50) if t <= left.get_xlim()[1] * 1.01])
     left.set_xlabel("median time / kernel overlayfs's (log scale; black bar: target for strata)")
-    left.legend(loc="upper right")
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
     left.set_title("Union filesystems, 20-layer image")
     for j, (p, c, ref, target) in enumerate(others):
         r = ratio(parts, p, c, ref, "container start" if p == "start" else "import")
@@ -178,6 +178,7 @@ def chart(parts, path):
         if target:
             right.plot([target, target], [j - 0.45, j + 0.45], color="black", linewidth=2)
     right.axvline(1.0, color="grey", linestyle=":")
+    right.set_xlim(0, right.get_xlim()[1] * 1.15)   # room for the labels
     right.set_yticks(range(len(others)))
     right.set_yticklabels([("start: " if p == "start" else "import: ") + f"{c} / {ref}"
                            for p, c, ref, _t in others])
