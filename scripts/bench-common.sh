@@ -69,18 +69,19 @@ bench_sofs_path() {
 }
 
 # As root: copy the strata binary (and strata-overlayfs beside it, when there)
-# to /tmp/strata-bench-bin, and re-execute a copy of the script (with this file
+# to a fresh /tmp/strata-bench-bin.XXXXXX (its own per run: two benchmarks at once
+# must not run each other's binaries), and re-execute a copy of the script (with this file
 # and the FILES given, from scripts/) as strata-demo or $STRATA_BENCH_USER. The
 # checkout may sit where that user cannot read (/root is 0700). Returns at once
 # when not root.
 bench_drop_root() {
     [ "$(id -u)" -eq 0 ] || return 0
-    local user=${STRATA_BENCH_USER:-strata-demo} bin=/tmp/strata-bench-bin a i skip=0 args=() f sofs
+    local user=${STRATA_BENCH_USER:-strata-demo} bin a i skip=0 args=() f sofs
     id "$user" >/dev/null 2>&1 || die "running as root, and there is no user $user to run as (set STRATA_BENCH_USER)"
-    install -d -m 755 "$bin"
+    bin=$(mktemp -d /tmp/strata-bench-bin.XXXXXX)
+    chmod 755 "$bin"
     install -p -m 755 "$strata" "$bin/strata"
     sofs=$(bench_sofs_path)
-    rm -f "$bin/strata-overlayfs"   # never a stale one from an earlier run
     [ -z "$sofs" ] || install -p -m 755 "$sofs" "$bin/strata-overlayfs"
     note "running as root: re-executing as $user with $bin/strata"
     for a in "${orig_args[@]}"; do   # drop any --strata, and make paths absolute
@@ -90,11 +91,13 @@ bench_drop_root() {
     done
     [ -z "$outdir" ] || { for i in "${!args[@]}"; do [ "${args[$i]}" != "$outdir" ] || args[i]=$(realpath "$outdir"); done; }
     install -d -m 755 "$bin/scripts"
+    # The copy removes it on exit (bench_cleanup): the user must own it.
+    chown -R "$user:" "$bin"
     install -m 644 "$self" "$here/bench-common.sh" "$bin/scripts/"
     for f in "$@"; do install -m 644 "$here/$f" "$bin/scripts/"; done
     # The copies cannot say which checkout they came from: tell them.
     exec setpriv --reuid="$user" --regid="$user" --init-groups --reset-env \
-        env BENCH_CHECKOUT="$(bench_checkout)" BENCH_STRATA_FROM="$(realpath "$strata")" \
+        env BENCH_CHECKOUT="$(bench_checkout)" BENCH_STRATA_FROM="$(realpath "$strata")" BENCH_BIN_DIR="$bin" \
         bash "$bin/scripts/$(basename "$self")" "${args[@]}" --strata "$bin/strata"
 }
 
@@ -153,6 +156,10 @@ bench_pick_workdir() {
 work=
 upid=
 bench_rm=()
+# The copy of the binaries that bench_drop_root made for this run: the script it
+# re-executed removes it; the scripts that one runs must not.
+bench_bin_dir=${BENCH_BIN_DIR:-}
+unset BENCH_BIN_DIR
 bench_cleanup() {
     local rc=$? d
     trap - EXIT INT TERM HUP
@@ -163,7 +170,7 @@ bench_cleanup() {
         kill -KILL "$upid" 2>/dev/null || true
         wait "$upid" 2>/dev/null || true
     fi
-    for d in "$work" "${bench_rm[@]}"; do
+    for d in "$work" "${bench_rm[@]}" "$bench_bin_dir"; do
         if [ -n "$d" ] && [ -d "$d" ]; then
             chmod -R u+rwX "$d" 2>/dev/null || true
             rm -rf "$d" || warn "could not remove all of $d"

@@ -9,7 +9,7 @@
 # OUTDIR is an output of scripts/make-test-image.py (its 5- and 20-layer images,
 # oci-N/ and overlay-N/). Run it as an unprivileged user who can read OUTDIR (its
 # owner, when some of its files are private); as root it copies the binaries and
-# scripts to /tmp/strata-bench-bin and re-executes itself as strata-demo or
+# scripts to a fresh /tmp/strata-bench-bin.XXXXXX and re-executes itself as strata-demo or
 # $STRATA_BENCH_USER.
 #
 # The parts, each its own script, in this order (each alternates its candidates
@@ -53,13 +53,14 @@ if [ "$(id -u)" -eq 0 ]; then
     mkdir -p "$out"
     chown "$user:" "$out" 2>/dev/null || die "cannot give $out to $user"
     for i in "${!orig_args[@]}"; do   # the re-executed copy gets the absolute DIR
-        case ${orig_args[$i]} in --out=*) unset 'orig_args[i]' ;; --out) unset 'orig_args[i]' 'orig_args[i+1]' ;; esac
+        case ${orig_args[$i]:-} in --out=*) unset 'orig_args[i]' ;; --out) unset 'orig_args[i]' 'orig_args[i+1]' ;; esac
     done
     orig_args=("${orig_args[@]}" --out "$out")
 fi
 bench_drop_root bench-lower.sh bench-write.sh bench-run.sh bench-import.sh \
     bench_lower_report.py bench_write_report.py bench_compare_report.py \
     make-test-image.py make-default-image.py ocilayout.py
+bench_install_cleanup
 [ -n "$out" ] || out=$(mktemp -d /var/tmp/strata-bench-compare.XXXXXX)
 mkdir -p "$out"
 out=$(realpath "$out")

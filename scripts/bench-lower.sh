@@ -9,7 +9,7 @@
 # OUTDIR is an output of scripts/make-test-image.py: its oci-N/ and overlay-N/
 # with --layers N (20 by default; make-test-image.py also makes 5).
 # Run it as an unprivileged user; as root it copies the strata binary to
-# /tmp/strata-bench-bin and re-executes itself as the user strata-demo (or
+# a fresh /tmp/strata-bench-bin.XXXXXX and re-executes itself as the user strata-demo (or
 # $STRATA_BENCH_USER), which must be able to read OUTDIR. Kernel overlayfs and
 # fuse-overlayfs read the overlay-20 files with the caller's rights, so run it as
 # the user who built OUTDIR when some of its files (etc/shadow, root/) are private.

@@ -11,7 +11,7 @@
 # OUTDIR is an output of scripts/make-test-image.py (its oci-5/ and overlay-5/, or
 # with --layers N its oci-N/ and overlay-N/: 5 by default, 20 for the 20-layer one).
 # Run it as an unprivileged user; as root it copies the strata binary to
-# /tmp/strata-bench-bin and re-executes itself as the user strata-demo (or
+# a fresh /tmp/strata-bench-bin.XXXXXX and re-executes itself as the user strata-demo (or
 # $STRATA_BENCH_USER). Run it as the user who built OUTDIR: the files to append
 # to must be writable by root of a user namespace, so their owner must be the
 # caller (kernel overlayfs and fuse-overlayfs show the overlay-5 files with their
