@@ -22,7 +22,8 @@ usage() { sed -n '2,/^set -Eeuo/p' "$self" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 trap 'echo "$prog: error: failed (status $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 # --------------------------------------------------------------------------
-# Options: --quick, --runs N, --raw FILE, --strata BINARY, -h, and one OUTDIR.
+# Options: --quick, --runs N, --raw FILE, --strata BINARY, -h, and one OUTDIR;
+# --layers N too in a script that set $layers (its default) before parsing.
 # A script takes more by defining bench_option, called with the remaining
 # arguments at an unknown option: it sets bench_took to how many it used (0:
 # not its option).
@@ -39,6 +40,13 @@ bench_parse_args() {
             --runs=*) runs=${1#--runs=} ;;
             --raw) [ $# -ge 2 ] || die "--raw needs a file"; raw=$2; shift ;;
             --strata) [ $# -ge 2 ] || die "--strata needs a binary"; strata=$2; shift ;;
+            --layers|--layers=*)
+                [ -n "${layers+set}" ] || die "unknown option $1 (see --help)"
+                if [ "$1" = --layers ]; then
+                    [ $# -ge 2 ] || die "--layers needs a number"; layers=$2; shift
+                else
+                    layers=${1#--layers=}
+                fi ;;
             -h|--help) usage; exit 0 ;;
             -*)
                 bench_took=0
@@ -52,6 +60,8 @@ bench_parse_args() {
     done
     [ -n "$runs" ] || { if [ "$quick" = 1 ]; then runs=3; else runs=10; fi; }
     [[ $runs =~ ^[1-9][0-9]*$ ]] || die "--runs takes a positive number, not '$runs'"
+    [ -z "${layers+set}" ] || [[ $layers =~ ^[1-9][0-9]*$ ]] ||
+        die "--layers takes a positive number, not '$layers'"
     [ "$quick" = 1 ] || [ -n "$outdir" ] ||
         die "usage: $prog [--quick] [--runs N] OUTDIR_OF_TEST_IMAGE (see --help)"
     [ -x "$strata" ] ||

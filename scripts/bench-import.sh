@@ -24,14 +24,7 @@ prog=bench-import
 . "$(dirname "$self")/bench-common.sh"
 
 layers=5
-bench_option() {
-    case $1 in
-        --layers) [ $# -ge 2 ] || die "--layers needs a number"; layers=$2; bench_took=2 ;;
-        --layers=*) layers=${1#--layers=}; bench_took=1 ;;
-    esac
-}
 bench_parse_args "$@"
-[[ $layers =~ ^[1-9][0-9]*$ ]] || die "--layers takes a positive number, not '$layers'"
 bench_drop_root make-test-image.py ocilayout.py
 command -v umoci >/dev/null || die "umoci is missing (Debian: apt-get install umoci)"
 

@@ -205,14 +205,7 @@ fi
 # The outer part.
 # --------------------------------------------------------------------------
 layers=20
-bench_option() {
-    case $1 in
-        --layers) [ $# -ge 2 ] || die "--layers needs a number"; layers=$2; bench_took=2 ;;
-        --layers=*) layers=${1#--layers=}; bench_took=1 ;;
-    esac
-}
 bench_parse_args "$@"
-[[ $layers =~ ^[1-9][0-9]*$ ]] || die "--layers takes a positive number, not '$layers'"
 bench_drop_root bench_lower_report.py make-test-image.py ocilayout.py
 bench_check_host unshare fuse-overlayfs mount umount mountpoint find tar md5sum python3 setpriv
 "$strata" mount --help >/dev/null 2>&1 || die "$strata has no 'mount' command: rebuild it (cargo build --release)"

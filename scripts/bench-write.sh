@@ -274,9 +274,9 @@ files= creates= dirs= fsync=none uppers_parent= layers=5
 bench_option() {
     local v
     case $1 in
-        --files|--creates|--dirs|--fsync|--uppers|--layers)
+        --files|--creates|--dirs|--fsync|--uppers)
             [ $# -ge 2 ] || die "$1 needs a value"; v=$2; bench_took=2 ;;
-        --files=*|--creates=*|--dirs=*|--fsync=*|--uppers=*|--layers=*) v=${1#*=}; bench_took=1 ;;
+        --files=*|--creates=*|--dirs=*|--fsync=*|--uppers=*) v=${1#*=}; bench_took=1 ;;
         *) return 0 ;;
     esac
     case $1 in
@@ -285,14 +285,13 @@ bench_option() {
         --dirs*) dirs=$v ;;
         --fsync*) fsync=$v ;;
         --uppers*) uppers_parent=$v ;;
-        --layers*) layers=$v ;;
     esac
 }
 bench_parse_args "$@"
 if [ "$quick" = 1 ]; then : "${files:=300}" "${creates:=1000}" "${dirs:=10}"; fi
 : "${files:=1000}" "${creates:=5000}" "${dirs:=50}"
-for v in "$files" "$creates" "$dirs" "$layers"; do
-    [[ $v =~ ^[1-9][0-9]*$ ]] || die "--files, --creates, --dirs and --layers take positive numbers, not '$v'"
+for v in "$files" "$creates" "$dirs"; do
+    [[ $v =~ ^[1-9][0-9]*$ ]] || die "--files, --creates and --dirs take positive numbers, not '$v'"
 done
 [ $((creates % dirs)) = 0 ] || die "--creates ($creates) must be a multiple of --dirs ($dirs)"
 [ "$dirs" -le 100 ] || die "--dirs: at most 100"

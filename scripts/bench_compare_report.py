@@ -20,6 +20,8 @@ import collections
 import statistics
 import sys
 
+from bench_lower_report import fmt
+
 UNION = ["strata", "strata-overlayfs", "fuse-overlayfs", "kernel-overlay", "native"]
 RATIOS = [("strata", "kernel-overlay"), ("strata", "fuse-overlayfs"),
           ("strata-overlayfs", "kernel-overlay"), ("fuse-overlayfs", "kernel-overlay")]
@@ -62,14 +64,6 @@ def load(path):
             workload, cand, _run, t0, t1 = line.rstrip("\n").split("\t")
             samples[(workload, cand)].append(float(t1) - float(t0))
     return samples
-
-
-def fmt(secs):
-    if secs >= 1:
-        return f"{secs:.2f}"
-    if secs >= 0.01:
-        return f"{secs:.3f}"
-    return f"{secs:.4f}"
 
 
 def cell(samples):
