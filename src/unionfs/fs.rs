@@ -903,10 +903,7 @@ impl UnionFs {
         let st = self.read_state();
         let pos = self.lower_pos_of(st.as_deref(), ino)?;
         drop(st);
-        Ok((
-            self.lower.backing_file(pos)?,
-            Some(self.lower.attr(pos).size),
-        ))
+        Ok((self.lower.backing_file(pos)?, Some(self.lower.size(pos))))
     }
 
     // ---------------------------------------------------------------------------

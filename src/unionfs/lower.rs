@@ -294,6 +294,12 @@ impl Lower {
         split_last(self.path(pos)).1
     }
 
+    /// The size stat shows for `pos`; a regular file's is its data's length.
+    pub fn size(&self, pos: usize) -> u64 {
+        let entry = self.entry(pos);
+        shown_size(&entry, entry.meta().size)
+    }
+
     /// The view's entry at `pos`, read in place.
     pub fn entry(&self, pos: usize) -> EntryRef<'_> {
         let (piece, i) = self.locate(pos);
@@ -453,12 +459,7 @@ impl Lower {
         let meta = entry.meta();
         let kind = file_type(entry.kind());
         let mtime = to_system_time(meta.mtime_sec, meta.mtime_nsec);
-        let size = match kind {
-            FileType::Directory => u64::from(BLOCK_SIZE),
-            // A symlink's size is its target's length (tar headers say 0).
-            FileType::Symlink => entry.symlink_target().len() as u64,
-            _ => meta.size,
-        };
+        let size = shown_size(&entry, meta.size);
         FileAttr {
             ino: INodeNo(piece.inode[i]),
             size,
@@ -588,6 +589,16 @@ fn parents(view: &View) -> Vec<u32> {
         }
     }
     parent
+}
+
+/// The size stat shows for `entry`, whose metadata says `size`.
+fn shown_size(entry: &EntryRef<'_>, size: u64) -> u64 {
+    match file_type(entry.kind()) {
+        FileType::Directory => u64::from(BLOCK_SIZE),
+        // A symlink's size is its target's length (tar headers say 0).
+        FileType::Symlink => entry.symlink_target().len() as u64,
+        _ => size,
+    }
 }
 
 pub fn file_type(kind: EntryKind) -> FileType {
